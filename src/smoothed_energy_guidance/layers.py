@@ -1,0 +1,116 @@
+"""Which self-attention layers SEG perturbs: the layer-spec grammar, resolved against a model.
+
+Specs (strings, in any mix):
+
+- ``"down"``, ``"mid"``, ``"up"``: every self-attention in that part of a UNet;
+- index names ``"d4"``, ``"m0"``, ``"u30"``: the n-th self-attention of that part, in
+  ``named_modules()`` order (the official SEG-SDXL names);
+- ranges ``"d4-d9"`` (or ``"d4-9"``), inclusive;
+- a module name, matched exactly or as a dotted prefix: ``"mid_block.attentions.0"`` selects
+  the self-attentions inside it, and ``"blocks.1"`` never matches ``"blocks.10"``.
+
+Pure Python over module names: nothing here touches a model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+PART_PREFIXES = {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"}
+PART_LETTERS = {"d": "down", "m": "mid", "u": "up"}
+_INDEX = re.compile(r"^([dmu])(\d+)$")
+_RANGE = re.compile(r"^([dmu])(\d+)-([dmu]?)(\d+)$")
+
+
+@dataclass(frozen=True)
+class AttentionInventory:
+    """The self-attention modules of one model, in ``named_modules()`` order, grouped by part."""
+
+    parts: dict[str, tuple[str, ...]]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for names in self.parts.values() for name in names)
+
+    def describe(self) -> str:
+        """A one-line summary of the valid specs, for error messages."""
+        pieces = []
+        for part, names in self.parts.items():
+            if names:
+                letter = part[0]
+                pieces.append(f"'{part}' ({letter}0-{letter}{len(names) - 1})")
+        return ", ".join(pieces) if pieces else "none"
+
+
+def unet_self_attention_inventory(module_names: Iterable[str]) -> AttentionInventory:
+    """Group a UNet's ``*.attn1`` module names into down / mid / up parts, order kept."""
+    parts: dict[str, list[str]] = {"down": [], "mid": [], "up": []}
+    for name in module_names:
+        if not name.endswith(".attn1"):
+            continue
+        part = PART_PREFIXES.get(name.split(".", 1)[0])
+        if part is not None:
+            parts[part].append(name)
+    return AttentionInventory({part: tuple(names) for part, names in parts.items()})
+
+
+def _by_index(inventory: AttentionInventory, letter: str, first: int, last: int, spec: str) -> list[str]:
+    part = PART_LETTERS[letter]
+    names = inventory.parts.get(part, ())
+    if not names:
+        raise ValueError(f"Layer {spec!r} names the '{part}' part, which has no self-attention here; "
+                         f"valid layers: {inventory.describe()}.")
+    if first > last or last >= len(names):
+        raise ValueError(
+            f"Layer {spec!r} is out of range: '{part}' has {len(names)} self-attention layers "
+            f"({letter}0-{letter}{len(names) - 1}). Valid layers: {inventory.describe()}."
+        )
+    return list(names[first : last + 1])
+
+
+def _resolve_one(spec: object, inventory: AttentionInventory) -> list[str]:
+    if not isinstance(spec, str):
+        raise ValueError(
+            f"Layer spec {spec!r} must be a string such as 'mid', 'd4', 'u0-u5' or a module name; "
+            f"valid layers: {inventory.describe()}."
+        )
+    spec = spec.strip()
+    if spec in inventory.parts:
+        if not inventory.parts[spec]:
+            raise ValueError(f"Layer {spec!r} has no self-attention in this model; "
+                             f"valid layers: {inventory.describe()}.")
+        return list(inventory.parts[spec])
+    if match := _INDEX.match(spec):
+        index = int(match.group(2))
+        return _by_index(inventory, match.group(1), index, index, spec)
+    if match := _RANGE.match(spec):
+        letter, first, end_letter, last = match.groups()
+        if end_letter and end_letter != letter:
+            raise ValueError(f"Layer range {spec!r} spans two parts; write one range per part, "
+                             f"e.g. '{letter}{first}-{letter}{last}'.")
+        return _by_index(inventory, letter, int(first), int(last), spec)
+    matched = [name for name in inventory.names if name == spec or name.startswith(spec + ".")]
+    if matched:
+        return matched
+    examples = ", ".join(inventory.names[:3])
+    raise ValueError(
+        f"Unknown layer {spec!r}. Valid layers: {inventory.describe()}, ranges such as 'd4-d9', "
+        f"or module names such as {examples}."
+    )
+
+
+def resolve_layers(specs: str | Sequence[str], inventory: AttentionInventory) -> tuple[str, ...]:
+    """Turn user layer specs into module names, in model order, without duplicates.
+
+    >>> inv = unet_self_attention_inventory(["mid_block.a.attn1", "mid_block.b.attn1", "up_blocks.0.attn1"])
+    >>> resolve_layers(["m1", "up"], inv)
+    ('mid_block.b.attn1', 'up_blocks.0.attn1')
+    """
+    if isinstance(specs, str):
+        specs = [specs]
+    if len(specs) == 0:
+        raise ValueError(f"No SEG layers given; pass e.g. ['mid']. Valid layers: {inventory.describe()}.")
+    chosen = {name for spec in specs for name in _resolve_one(spec, inventory)}
+    return tuple(name for name in inventory.names if name in chosen)

@@ -1,0 +1,19 @@
+"""Pipelines: the only layer that imports diffusers."""
+
+from .sdxl import (
+    StableDiffusionXLControlNetSEGPipeline,
+    StableDiffusionXLSEGControlNetPipeline,
+    StableDiffusionXLSEGImg2ImgPipeline,
+    StableDiffusionXLSEGInpaintPipeline,
+    StableDiffusionXLSEGPipeline,
+)
+from .unet import enable_seg
+
+__all__ = [
+    "StableDiffusionXLControlNetSEGPipeline",
+    "StableDiffusionXLSEGControlNetPipeline",
+    "StableDiffusionXLSEGImg2ImgPipeline",
+    "StableDiffusionXLSEGInpaintPipeline",
+    "StableDiffusionXLSEGPipeline",
+    "enable_seg",
+]

@@ -1,0 +1,139 @@
+"""Tiny SDXL-architecture pipelines with random weights, built offline in-process.
+
+For tests, demos and benchmarks on machines without model downloads. The weights are random:
+images from these models show noise-like patterns, not pictures.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, ControlNetModel, EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte → printable-character table, used by CLIP's BPE vocabulary."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars)))
+
+
+def write_tiny_clip_tokenizer(folder: str | Path) -> Path:
+    """Write a byte-level CLIP tokenizer (514 tokens, no merges) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(_bytes_to_unicode().values())
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for symbol in symbols + [s + "</w>" for s in symbols]:
+        vocab.setdefault(symbol, len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}), encoding="utf-8")
+    return folder
+
+
+def tiny_clip_tokenizer() -> CLIPTokenizer:
+    with tempfile.TemporaryDirectory() as folder:
+        return CLIPTokenizer.from_pretrained(write_tiny_clip_tokenizer(folder))
+
+
+def _text_config(vocab_size: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        projection_dim=32,
+        max_position_embeddings=77,
+        eos_token_id=1,
+        pad_token_id=1,
+        bos_token_id=0,
+    )
+
+
+def tiny_sdxl_unet(in_channels: int = 4) -> UNet2DConditionModel:
+    """SDXL's UNet layout at toy size: text_time conditioning, attention at level 1."""
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=in_channels,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+        norm_num_groups=1,
+    )
+
+
+def sharpen_self_attention(unet: torch.nn.Module, factor: float) -> None:
+    """Scale self-attention query/key weights so random attention is peaked enough for blur to matter."""
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if name.endswith("attn1"):
+                module.to_q.weight.mul_(factor)
+                module.to_k.weight.mul_(factor)
+
+
+def tiny_sdxl_components(seed: int = 0, unet_in_channels: int = 4, sharpen: float = 4.0) -> dict[str, Any]:
+    """Every component of a ``StableDiffusionXL*Pipeline``, random weights, seeded."""
+    torch.manual_seed(seed)
+    unet = tiny_sdxl_unet(unet_in_channels)
+    sharpen_self_attention(unet, sharpen)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=32,
+    )
+    tokenizer = tiny_clip_tokenizer()
+    config = _text_config(len(tokenizer))
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        timestep_spacing="leading",
+        steps_offset=1,
+    )
+    return {
+        "unet": unet.eval(),
+        "vae": vae.eval(),
+        "text_encoder": CLIPTextModel(config).eval(),
+        "text_encoder_2": CLIPTextModelWithProjection(config).eval(),
+        "tokenizer": tokenizer,
+        "tokenizer_2": tiny_clip_tokenizer(),
+        "scheduler": scheduler,
+    }
+
+
+def tiny_controlnet(unet: UNet2DConditionModel, seed: int = 0) -> ControlNetModel:
+    """A ControlNet for the tiny UNet; its condition image has the pipeline's image size."""
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    with torch.no_grad():  # from_unet zero-initialises the outputs; give them weight so they matter
+        for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            block.weight.normal_(std=0.1)
+    return controlnet.eval()

@@ -1,0 +1,118 @@
+"""Turning SEG on for a pipeline whose denoiser is a diffusers UNet (SD / SDXL families)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..guidance import SegConfig
+from ..hooks import HostStep, QueryTarget, SegHooks
+from ..layers import AttentionInventory, resolve_layers, unet_self_attention_inventory
+
+UNDO_HINT = (
+    "If the pipeline's QKV projections were fused or its UNet replaced after SEG was enabled, "
+    "enable SEG again (or call pipe.unfuse_qkv_projections())."
+)
+
+
+def unet_inventory(unet: nn.Module) -> AttentionInventory:
+    """Self-attention (``attn1``) modules of a UNet by part; raises if there are none."""
+    inventory = unet_self_attention_inventory(name for name, _ in unet.named_modules())
+    if not inventory.names:
+        raise ValueError(
+            f"{type(unet).__name__} has no self-attention over an image grid (no '*.attn1' module in "
+            "down_blocks / mid_block / up_blocks), so SEG cannot perturb it."
+        )
+    return inventory
+
+
+def unet_downsample_levels(unet: nn.Module, name: str) -> int:
+    """How many times the latent was halved before the block holding module ``name``."""
+    part, *rest = name.split(".")
+    down_steps = [block.downsamplers is not None for block in unet.down_blocks]
+    if part == "mid_block":
+        return sum(down_steps)
+    index = int(rest[0])
+    if part == "down_blocks":
+        return sum(down_steps[:index])
+    up_steps = [block.upsamplers is not None for block in unet.up_blocks]
+    return sum(down_steps) - sum(up_steps[:index])
+
+
+def unet_query_targets(unet: nn.Module, layer_names: Sequence[str]) -> list[QueryTarget]:
+    """The query projection of each selected attention: ``to_q``, or ``to_qkv`` when fused."""
+    modules = dict(unet.named_modules())
+    targets = []
+    for name in layer_names:
+        attention = modules[name]
+        fused = bool(getattr(attention, "fused_projections", False)) and hasattr(attention, "to_qkv")
+        projection = attention.to_qkv if fused else attention.to_q
+        targets.append(QueryTarget(name, projection, fused, unet_downsample_levels(unet, name)))
+    return targets
+
+
+def _first_timestep(timestep: Any) -> float:
+    if isinstance(timestep, torch.Tensor):
+        return float(timestep.reshape(-1)[0])
+    return float(timestep)
+
+
+def step_progress(pipe: Any, timestep: Any) -> float:
+    """Fraction of the host's denoising loop done when ``timestep`` is denoised (0 at the first step)."""
+    schedule = pipe.scheduler.timesteps
+    begin = getattr(pipe.scheduler, "begin_index", None) or 0
+    run = schedule[begin:]
+    total = getattr(pipe, "num_timesteps", None) or len(run)
+    if len(run) == 0 or total == 0:
+        return 0.0
+    index = int((run.float() - _first_timestep(timestep)).abs().argmin())
+    return index / total
+
+
+def host_reader(pipe: Any):
+    """Read, per denoiser call, what the host pipeline's own loop is doing."""
+
+    def read(timestep: Any) -> HostStep:
+        return HostStep(
+            cfg=bool(pipe.do_classifier_free_guidance),
+            guidance_scale=float(pipe.guidance_scale),
+            guidance_rescale=float(getattr(pipe, "guidance_rescale", 0.0) or 0.0),
+            progress=step_progress(pipe, timestep),
+        )
+
+    return read
+
+
+def enable_seg(
+    pipe: Any,
+    scale: float = 3.0,
+    blur_sigma: float = float("inf"),
+    layers: str | Sequence[str] = ("mid",),
+    start: float = 0.0,
+    end: float = 1.0,
+) -> SegHooks:
+    """Make the pipeline's plain ``__call__`` run SEG until the returned handle is removed.
+
+    Works on any SD / SDXL-family diffusers pipeline (text2img, img2img, inpaint, ControlNet).
+    The handle is a context manager and has an idempotent ``.remove()``.
+
+    Args:
+        pipe: the diffusers pipeline; it is not modified, only its UNet gets forward hooks.
+        scale: SEG guidance scale (0 adds no work at all).
+        blur_sigma: Gaussian σ; anything above 9999, e.g. ``float("inf")``, gives uniform queries.
+        layers: layer specs such as ``"mid"``, ``["d4-d9", "u0"]`` or module names.
+        start, end: fraction of denoising steps ``[start, end)`` during which SEG runs.
+    """
+    config = SegConfig(scale=scale, blur_sigma=blur_sigma, layers=layers, start=start, end=end)
+    unet = getattr(pipe, "unet", None)
+    if not isinstance(unet, nn.Module):
+        raise ValueError(
+            f"{type(pipe).__name__} has no UNet; enable_seg supports Stable Diffusion 1.x/2.x and "
+            "SDXL-family pipelines."
+        )
+    layer_names = resolve_layers(config.layers, unet_inventory(unet))
+    hooks = SegHooks(unet, unet_query_targets(unet, layer_names), config, host_reader(pipe), UNDO_HINT)
+    return hooks.attach()

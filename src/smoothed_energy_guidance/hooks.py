@@ -31,6 +31,7 @@ class QueryTarget:
     """One selected self-attention: where its queries come from and how coarse its grid is."""
 
     name: str
+    attention: nn.Module
     projection: nn.Module
     fused_qkv: bool
     downsample: int  # ceil-halvings from the latent grid to this layer's grid
@@ -160,6 +161,17 @@ class SegHooks:
         self.remove()
 
     # hooks -----------------------------------------------------------------------------------
+    def _check_projections(self) -> None:
+        """Refuse to run when a projection was swapped (fused QKV, LoRA added) after attaching."""
+        for target in self.targets:
+            current = target.attention.to_qkv if target.fused_qkv else target.attention.to_q
+            fused_now = bool(getattr(target.attention, "fused_projections", False))
+            if current is not target.projection or fused_now != target.fused_qkv:
+                raise RuntimeError(
+                    f"The query projection of SEG layer {target.name} changed after SEG was enabled "
+                    f"(fused QKV or a LoRA added?). {self.undo_hint}"
+                )
+
     def _before_denoiser(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         self._call = None
         sample = args[0] if args else kwargs["sample"]
@@ -167,6 +179,7 @@ class SegHooks:
         host = self.read_host(timestep)
         if not self.config.active_at(host.progress):
             return None
+        self._check_projections()
         host_rows = sample.shape[0]
         groups = 2 if host.cfg else 1
         if host_rows % groups:

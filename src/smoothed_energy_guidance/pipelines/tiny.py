@@ -64,16 +64,20 @@ def _text_config(vocab_size: int) -> CLIPTextConfig:
     )
 
 
-def tiny_sdxl_unet(in_channels: int = 4) -> UNet2DConditionModel:
-    """SDXL's UNet layout at toy size: text_time conditioning, attention at level 1."""
+def tiny_sdxl_unet(
+    in_channels: int = 4,
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "UpBlock2D"),
+) -> UNet2DConditionModel:
+    """SDXL's UNet layout at toy size: text_time conditioning, attention at level 1 by default."""
     return UNet2DConditionModel(
         sample_size=16,
         in_channels=in_channels,
         out_channels=4,
         block_out_channels=(32, 64),
         layers_per_block=2,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=down_block_types,
+        up_block_types=up_block_types,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",

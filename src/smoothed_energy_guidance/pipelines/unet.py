@@ -13,8 +13,8 @@ from ..hooks import HostStep, QueryTarget, SegHooks
 from ..layers import AttentionInventory, resolve_layers, unet_self_attention_inventory
 
 UNDO_HINT = (
-    "If the pipeline's QKV projections were fused or its UNet replaced after SEG was enabled, "
-    "enable SEG again (or call pipe.unfuse_qkv_projections())."
+    "Enable SEG again after fusing QKV projections, loading LoRA or replacing the UNet "
+    "(or undo the change, e.g. pipe.unfuse_qkv_projections())."
 )
 
 
@@ -50,7 +50,7 @@ def unet_query_targets(unet: nn.Module, layer_names: Sequence[str]) -> list[Quer
         attention = modules[name]
         fused = bool(getattr(attention, "fused_projections", False)) and hasattr(attention, "to_qkv")
         projection = attention.to_qkv if fused else attention.to_q
-        targets.append(QueryTarget(name, projection, fused, unet_downsample_levels(unet, name)))
+        targets.append(QueryTarget(name, attention, projection, fused, unet_downsample_levels(unet, name)))
     return targets
 
 

@@ -55,3 +55,23 @@ def no_hooks_left(model: torch.nn.Module) -> bool:
     return all(
         not m._forward_hooks and not m._forward_pre_hooks for m in model.modules()
     )
+
+
+def assert_matches_reference(seg_pipe, host_pipe, ref_layers, seg_args, make_call, sigma, cfg, rescale=0.0):
+    """Run SEG, the reference (on the plain host pipeline) and the plain pipeline; return SEG's output.
+
+    ``make_call()`` returns fresh call arguments (fresh generators) for each run.
+    """
+    from reference import reference_seg
+
+    ours = seg_pipe(**make_call(), **seg_args).images
+    guidance_scale = make_call().get("guidance_scale", 5.0)
+    with reference_seg(host_pipe.unet, ref_layers, sigma, seg_args.get("seg_scale", 3.0), guidance_scale, cfg,
+                       rescale):
+        reference = host_pipe(**make_call()).images
+    plain = host_pipe(**make_call()).images
+    error = (ours - reference).abs().max().item()
+    effect = (plain - reference).abs().max().item()
+    assert error <= TOLERANCE, f"SEG differs from the reference by {error}"
+    assert effect > MIN_EFFECT, f"SEG moved the output by only {effect}; the test would prove nothing"
+    return ours

@@ -7,26 +7,15 @@ import math
 import pytest
 import torch
 
-from conftest import MIN_EFFECT, TOLERANCE, latents, layer_names, make_pipe
-from reference import reference_seg
+from conftest import assert_matches_reference, latents, layer_names, make_pipe
 
 STEPS = 3
 
 
 def compare(seg_pipe, plain_pipe, ref_layers, seg_args, call_args, sigma, cfg, rescale=0.0):
-    """Run ours, the reference and the plain pipeline; check equivalence and a real effect."""
     call = dict(num_inference_steps=STEPS, output_type="latent", **call_args)
-    ours = seg_pipe(**call, **seg_args).images
-    guidance_scale = call_args.get("guidance_scale", 5.0)
-    with reference_seg(plain_pipe.unet, ref_layers, sigma, seg_args.get("seg_scale", 3.0), guidance_scale,
-                       cfg, rescale):
-        reference = plain_pipe(**call).images
-    plain = plain_pipe(**call).images
-    error = (ours - reference).abs().max().item()
-    effect = (plain - reference).abs().max().item()
-    assert error <= TOLERANCE, f"SEG differs from the reference by {error}"
-    assert effect > MIN_EFFECT, f"SEG moved the latents by only {effect}; the test would prove nothing"
-    return ours
+    return assert_matches_reference(seg_pipe, plain_pipe, ref_layers, seg_args, lambda: dict(call), sigma, cfg,
+                                    rescale)
 
 
 SIGMAS = [0.5, 1.0, 2.0, 10.0, 100.0, 9999.0, 10000.0, math.inf]

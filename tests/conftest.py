@@ -52,9 +52,7 @@ def layer_names(unet, prefix: str = "", endswith: str = ".attn1") -> list[str]:
 
 
 def no_hooks_left(model: torch.nn.Module) -> bool:
-    return all(
-        not m._forward_hooks and not m._forward_pre_hooks for m in model.modules()
-    )
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 def assert_matches_reference(seg_pipe, host_pipe, ref_layers, seg_args, make_call, sigma, cfg, rescale=0.0):
@@ -66,8 +64,7 @@ def assert_matches_reference(seg_pipe, host_pipe, ref_layers, seg_args, make_cal
 
     ours = seg_pipe(**make_call(), **seg_args).images
     guidance_scale = make_call().get("guidance_scale", 5.0)
-    with reference_seg(host_pipe.unet, ref_layers, sigma, seg_args.get("seg_scale", 3.0), guidance_scale, cfg,
-                       rescale):
+    with reference_seg(host_pipe.unet, ref_layers, sigma, seg_args.get("seg_scale", 3.0), guidance_scale, cfg, rescale):
         reference = host_pipe(**make_call()).images
     plain = host_pipe(**make_call()).images
     error = (ours - reference).abs().max().item()

@@ -18,10 +18,7 @@ def reference_kernel(sigma: float, side: int) -> torch.Tensor:
     """1-D taps for one axis: size ceil(6σ)+1 made odd, clamped to the side, normalised."""
     span = math.ceil(6 * sigma)
     size = span + 1 - (span % 2)
-    if side % 2 == 0:
-        size = min(size, side + 1)
-    else:
-        size = min(size, side)
+    size = min(size, side + 1) if side % 2 == 0 else min(size, side)
     half = (size - 1) / 2
     x = torch.tensor([-half + i for i in range(size)], dtype=torch.float64)
     pdf = torch.exp(-0.5 * (x / sigma) ** 2)

@@ -14,8 +14,7 @@ STEPS = 3
 
 def compare(seg_pipe, plain_pipe, ref_layers, seg_args, call_args, sigma, cfg, rescale=0.0):
     call = dict(num_inference_steps=STEPS, output_type="latent", **call_args)
-    return assert_matches_reference(seg_pipe, plain_pipe, ref_layers, seg_args, lambda: dict(call), sigma, cfg,
-                                    rescale)
+    return assert_matches_reference(seg_pipe, plain_pipe, ref_layers, seg_args, lambda: dict(call), sigma, cfg, rescale)
 
 
 SIGMAS = [0.5, 1.0, 2.0, 10.0, 100.0, 9999.0, 10000.0, math.inf]
@@ -26,10 +25,13 @@ SIGMAS = [0.5, 1.0, 2.0, 10.0, 100.0, 9999.0, 10000.0, math.inf]
 def test_blur_sigmas_match_reference(seg_pipe, plain_pipe, sigma, cfg):
     guidance = 5.0 if cfg else 1.0
     compare(
-        seg_pipe, plain_pipe, layer_names(plain_pipe.unet, "mid_block"),
+        seg_pipe,
+        plain_pipe,
+        layer_names(plain_pipe.unet, "mid_block"),
         dict(seg_scale=3.0, seg_blur_sigma=sigma),
         dict(prompt="a red cube", guidance_scale=guidance, latents=latents(1, 16, 16)),
-        sigma, cfg,
+        sigma,
+        cfg,
     )
 
 
@@ -53,29 +55,44 @@ def _mixed(unet):
 )
 def test_layer_selections_match_reference(seg_pipe, plain_pipe, seg_layers, pick):
     compare(
-        seg_pipe, plain_pipe, pick(plain_pipe.unet),
+        seg_pipe,
+        plain_pipe,
+        pick(plain_pipe.unet),
         dict(seg_scale=3.0, seg_blur_sigma=2.0, **seg_layers),
         dict(prompt="a red cube", guidance_scale=5.0, latents=latents(1, 16, 16)),
-        2.0, True,
+        2.0,
+        True,
     )
 
 
 def test_several_prompts_and_images_per_prompt(seg_pipe, plain_pipe):
     compare(
-        seg_pipe, plain_pipe, layer_names(plain_pipe.unet, "mid_block"),
+        seg_pipe,
+        plain_pipe,
+        layer_names(plain_pipe.unet, "mid_block"),
         dict(seg_scale=2.5, seg_blur_sigma=4.0),
-        dict(prompt=["a red cube", "a blue sphere"], negative_prompt=["blurry", "dark"],
-             num_images_per_prompt=2, guidance_scale=6.0, latents=latents(4, 16, 16)),
-        4.0, True,
+        dict(
+            prompt=["a red cube", "a blue sphere"],
+            negative_prompt=["blurry", "dark"],
+            num_images_per_prompt=2,
+            guidance_scale=6.0,
+            latents=latents(4, 16, 16),
+        ),
+        4.0,
+        True,
     )
 
 
 def test_guidance_rescale(seg_pipe, plain_pipe):
     compare(
-        seg_pipe, plain_pipe, layer_names(plain_pipe.unet, "mid_block"),
+        seg_pipe,
+        plain_pipe,
+        layer_names(plain_pipe.unet, "mid_block"),
         dict(seg_scale=3.0, seg_blur_sigma=1.0),
         dict(prompt="a red cube", guidance_scale=7.0, guidance_rescale=0.7, latents=latents(1, 16, 16)),
-        1.0, True, rescale=0.7,
+        1.0,
+        True,
+        rescale=0.7,
     )
 
 
@@ -88,13 +105,20 @@ def test_guidance_rescale(seg_pipe, plain_pipe):
 def test_non_square_and_odd_sizes(seg_pipe, plain_pipe, latent_hw, sigma, cfg):
     height, width = latent_hw
     compare(
-        seg_pipe, plain_pipe, layer_names(plain_pipe.unet, "mid_block") + layer_names(plain_pipe.unet, "up_blocks")[:2],
+        seg_pipe,
+        plain_pipe,
+        layer_names(plain_pipe.unet, "mid_block") + layer_names(plain_pipe.unet, "up_blocks")[:2],
         dict(seg_scale=3.0, seg_blur_sigma=sigma, seg_applied_layers=["mid", "u0-u1"]),
         # height/width only feed SDXL's size conditioning; the latents set the real grid
-        dict(prompt="a red cube", guidance_scale=5.0 if cfg else 1.0,
-             height=8 * math.ceil(height / 4), width=8 * math.ceil(width / 4),
-             latents=latents(1, height, width)),
-        sigma, cfg,
+        dict(
+            prompt="a red cube",
+            guidance_scale=5.0 if cfg else 1.0,
+            height=8 * math.ceil(height / 4),
+            width=8 * math.ceil(width / 4),
+            latents=latents(1, height, width),
+        ),
+        sigma,
+        cfg,
     )
 
 
@@ -112,8 +136,11 @@ def test_attention_at_two_levels_uses_each_layers_own_grid(components, plain_pip
     ours = make_pipe(StableDiffusionXLSEGPipeline, parts)
     plain = make_pipe(StableDiffusionXLPipeline, parts)
     compare(
-        ours, plain, layer_names(unet, "down_blocks") + layer_names(unet, "up_blocks"),
+        ours,
+        plain,
+        layer_names(unet, "down_blocks") + layer_names(unet, "up_blocks"),
         dict(seg_scale=3.0, seg_blur_sigma=1.5, seg_applied_layers=["down", "up"]),
         dict(prompt="a red cube", guidance_scale=5.0, latents=latents(1, 11, 14)),
-        1.5, True,
+        1.5,
+        True,
     )

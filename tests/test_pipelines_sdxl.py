@@ -35,10 +35,21 @@ def test_img2img_matches_reference(components, cfg):
     ours = make_pipe(StableDiffusionXLSEGImg2ImgPipeline, components)
     host = make_pipe(StableDiffusionXLImg2ImgPipeline, components)
     assert_matches_reference(
-        ours, host, mid(host.unet), dict(seg_scale=3.0, seg_blur_sigma=1.0),
-        generator_call(prompt="a cube", image=picture(0), strength=0.7, num_inference_steps=5,
-                       guidance_scale=5.0 if cfg else 1.0, guidance_rescale=0.5 if cfg else 0.0),
-        1.0, cfg, rescale=0.5 if cfg else 0.0,
+        ours,
+        host,
+        mid(host.unet),
+        dict(seg_scale=3.0, seg_blur_sigma=1.0),
+        generator_call(
+            prompt="a cube",
+            image=picture(0),
+            strength=0.7,
+            num_inference_steps=5,
+            guidance_scale=5.0 if cfg else 1.0,
+            guidance_rescale=0.5 if cfg else 0.0,
+        ),
+        1.0,
+        cfg,
+        rescale=0.5 if cfg else 0.0,
     )
 
 
@@ -52,10 +63,20 @@ def test_inpaint_with_nine_channel_unet_matches_reference():
     host = make_pipe(StableDiffusionXLInpaintPipeline, parts)
     assert host.unet.config.in_channels == 9
     assert_matches_reference(
-        ours, host, mid(host.unet), dict(seg_scale=3.0, seg_blur_sigma=2.0),
-        generator_call(prompt="a cube", image=picture(1), mask_image=picture(2, mode="L"), strength=0.9,
-                       num_inference_steps=4, guidance_scale=5.0),
-        2.0, True,
+        ours,
+        host,
+        mid(host.unet),
+        dict(seg_scale=3.0, seg_blur_sigma=2.0),
+        generator_call(
+            prompt="a cube",
+            image=picture(1),
+            mask_image=picture(2, mode="L"),
+            strength=0.9,
+            num_inference_steps=4,
+            guidance_scale=5.0,
+        ),
+        2.0,
+        True,
     )
 
 
@@ -63,7 +84,10 @@ def test_inpaint_with_nine_channel_unet_matches_reference():
 def test_controlnet_matches_reference_with_cond_residuals(components, variant):
     from diffusers import StableDiffusionXLControlNetPipeline
 
-    from smoothed_energy_guidance import StableDiffusionXLControlNetSEGPipeline, StableDiffusionXLSEGControlNetPipeline
+    from smoothed_energy_guidance import (
+        StableDiffusionXLControlNetSEGPipeline,
+        StableDiffusionXLSEGControlNetPipeline,
+    )
 
     assert StableDiffusionXLSEGControlNetPipeline is StableDiffusionXLControlNetSEGPipeline
     if variant == "multi":
@@ -73,10 +97,17 @@ def test_controlnet_matches_reference_with_cond_residuals(components, variant):
         controlnet, image = tiny_controlnet(components["unet"], seed=1), picture(3)
     ours = make_pipe(StableDiffusionXLControlNetSEGPipeline, components, controlnet=controlnet)
     host = make_pipe(StableDiffusionXLControlNetPipeline, components, controlnet=controlnet)
-    call = generator_call(prompt="a cube", image=image, num_inference_steps=3, guidance_scale=5.0,
-                          guess_mode=variant == "guess-mode", latents=latents(1, 16, 16))
-    with_control = assert_matches_reference(ours, host, mid(host.unet), dict(seg_scale=3.0, seg_blur_sigma=1.0),
-                                            call, 1.0, True)
+    call = generator_call(
+        prompt="a cube",
+        image=image,
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        guess_mode=variant == "guess-mode",
+        latents=latents(1, 16, 16),
+    )
+    with_control = assert_matches_reference(
+        ours, host, mid(host.unet), dict(seg_scale=3.0, seg_blur_sigma=1.0), call, 1.0, True
+    )
     # the control image must matter, or the residual routing was not tested
     without = ours(**{**call(), "controlnet_conditioning_scale": 0.0}, seg_scale=3.0, seg_blur_sigma=1.0).images
     assert (with_control - without).abs().max() > 1e-2
@@ -117,10 +148,16 @@ def test_ip_adapter_embeddings_get_perturbed_copies():
     ours = make_pipe(StableDiffusionXLSEGPipeline, parts)
     host = make_pipe(StableDiffusionXLPipeline, parts)
     embeds = [torch.randn(2, 1, 16, generator=torch.Generator().manual_seed(9))]  # [negative, positive]
-    call = generator_call(prompt="a cube", num_inference_steps=3, guidance_scale=5.0, latents=latents(1, 16, 16),
-                          ip_adapter_image_embeds=embeds)
-    with_ip = assert_matches_reference(ours, host, mid(host.unet), dict(seg_scale=3.0, seg_blur_sigma=1.0), call,
-                                       1.0, True)
+    call = generator_call(
+        prompt="a cube",
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        latents=latents(1, 16, 16),
+        ip_adapter_image_embeds=embeds,
+    )
+    with_ip = assert_matches_reference(
+        ours, host, mid(host.unet), dict(seg_scale=3.0, seg_blur_sigma=1.0), call, 1.0, True
+    )
     other = [torch.randn(2, 1, 16, generator=torch.Generator().manual_seed(10))]
     changed = ours(**{**call(), "ip_adapter_image_embeds": other}, seg_scale=3.0, seg_blur_sigma=1.0).images
     assert (with_ip - changed).abs().max() > 1e-2, "IP-Adapter embeddings had no effect on the output"
@@ -140,8 +177,9 @@ def test_lora_on_to_q_is_still_blurred():
     ours = make_pipe(StableDiffusionXLSEGPipeline, parts)
     host = make_pipe(StableDiffusionXLPipeline, parts)
     call = generator_call(prompt="a cube", num_inference_steps=3, guidance_scale=5.0, latents=latents(1, 16, 16))
-    with_lora = assert_matches_reference(ours, host, mid(host.unet), dict(seg_scale=3.0, seg_blur_sigma=1.0),
-                                         call, 1.0, True)
+    with_lora = assert_matches_reference(
+        ours, host, mid(host.unet), dict(seg_scale=3.0, seg_blur_sigma=1.0), call, 1.0, True
+    )
     parts["unet"].disable_adapters()
     try:
         without = ours(**call(), seg_scale=3.0, seg_blur_sigma=1.0).images
@@ -162,8 +200,9 @@ def test_fused_qkv_projections_work():
     unfused = ours(**call(), seg_scale=3.0, seg_blur_sigma=1.0).images
     ours.fuse_qkv_projections()
     assert parts["unet"].mid_block.attentions[0].transformer_blocks[0].attn1.fused_projections
-    fused = assert_matches_reference(ours, host, mid(host.unet), dict(seg_scale=3.0, seg_blur_sigma=1.0), call,
-                                     1.0, True)
+    fused = assert_matches_reference(
+        ours, host, mid(host.unet), dict(seg_scale=3.0, seg_blur_sigma=1.0), call, 1.0, True
+    )
     assert (fused - unfused).abs().max() <= 1e-4
 
 

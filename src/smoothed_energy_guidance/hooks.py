@@ -131,14 +131,10 @@ class SegHooks:
         if not self.config.enabled:
             return self  # s == 0: nothing may run
         try:
-            self._handles.append(
-                self.denoiser.register_forward_pre_hook(self._before_denoiser, with_kwargs=True)
-            )
+            self._handles.append(self.denoiser.register_forward_pre_hook(self._before_denoiser, with_kwargs=True))
             for target in self.targets:
                 self._handles.append(target.projection.register_forward_hook(self._query_hook(target)))
-            self._handles.append(
-                self.denoiser.register_forward_hook(self._after_denoiser, with_kwargs=True)
-            )
+            self._handles.append(self.denoiser.register_forward_hook(self._after_denoiser, with_kwargs=True))
         except BaseException:
             self.remove()
             raise

@@ -60,8 +60,10 @@ def _by_index(inventory: AttentionInventory, letter: str, first: int, last: int,
     part = PART_LETTERS[letter]
     names = inventory.parts.get(part, ())
     if not names:
-        raise ValueError(f"Layer {spec!r} names the '{part}' part, which has no self-attention here; "
-                         f"valid layers: {inventory.describe()}.")
+        raise ValueError(
+            f"Layer {spec!r} names the '{part}' part, which has no self-attention here; "
+            f"valid layers: {inventory.describe()}."
+        )
     if first > last or last >= len(names):
         raise ValueError(
             f"Layer {spec!r} is out of range: '{part}' has {len(names)} self-attention layers "
@@ -79,8 +81,9 @@ def _resolve_one(spec: object, inventory: AttentionInventory) -> list[str]:
     spec = spec.strip()
     if spec in inventory.parts:
         if not inventory.parts[spec]:
-            raise ValueError(f"Layer {spec!r} has no self-attention in this model; "
-                             f"valid layers: {inventory.describe()}.")
+            raise ValueError(
+                f"Layer {spec!r} has no self-attention in this model; valid layers: {inventory.describe()}."
+            )
         return list(inventory.parts[spec])
     if match := _INDEX.match(spec):
         index = int(match.group(2))
@@ -88,8 +91,10 @@ def _resolve_one(spec: object, inventory: AttentionInventory) -> list[str]:
     if match := _RANGE.match(spec):
         letter, first, end_letter, last = match.groups()
         if end_letter and end_letter != letter:
-            raise ValueError(f"Layer range {spec!r} spans two parts; write one range per part, "
-                             f"e.g. '{letter}{first}-{letter}{last}'.")
+            raise ValueError(
+                f"Layer range {spec!r} spans two parts; write one range per part, "
+                f"e.g. '{letter}{first}-{letter}{last}'."
+            )
         return _by_index(inventory, letter, int(first), int(last), spec)
     matched = [name for name in inventory.names if name == spec or name.startswith(spec + ".")]
     if matched:

@@ -1,33 +1,44 @@
 """Smoothed Energy Guidance (SEG) for Hugging Face diffusers.
 
+Names load on first use, so ``import smoothed_energy_guidance as seg`` stays light and the
+core (blur, layers, guidance) never pulls in diffusers.
+
 >>> import smoothed_energy_guidance as seg
 >>> seg.SegConfig(scale=3.0, blur_sigma=10.0).infinite_blur
 False
 """
 
-from .blur import blur_queries
-from .guidance import SegConfig, apply_seg
-from .hooks import SegHooks
-from .pipelines import (
-    StableDiffusionXLControlNetSEGPipeline,
-    StableDiffusionXLSEGControlNetPipeline,
-    StableDiffusionXLSEGImg2ImgPipeline,
-    StableDiffusionXLSEGInpaintPipeline,
-    StableDiffusionXLSEGPipeline,
-    enable_seg,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "SegConfig",
-    "SegHooks",
-    "StableDiffusionXLControlNetSEGPipeline",
-    "StableDiffusionXLSEGControlNetPipeline",
-    "StableDiffusionXLSEGImg2ImgPipeline",
-    "StableDiffusionXLSEGInpaintPipeline",
-    "StableDiffusionXLSEGPipeline",
-    "apply_seg",
-    "blur_queries",
-    "enable_seg",
-]
+_EXPORTS = {
+    "SegConfig": "guidance",
+    "apply_seg": "guidance",
+    "blur_queries": "blur",
+    "SegHooks": "hooks",
+    "enable_seg": "pipelines",
+    "load_pipeline": "pipelines",
+    "StableDiffusionXLSEGPipeline": "pipelines",
+    "StableDiffusionXLSEGImg2ImgPipeline": "pipelines",
+    "StableDiffusionXLSEGInpaintPipeline": "pipelines",
+    "StableDiffusionXLControlNetSEGPipeline": "pipelines",
+    "StableDiffusionXLSEGControlNetPipeline": "pipelines",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'smoothed_energy_guidance' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

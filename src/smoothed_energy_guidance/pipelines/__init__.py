@@ -1,5 +1,6 @@
 """Pipelines: the only layer that imports diffusers."""
 
+from .loading import load_pipeline
 from .sdxl import (
     StableDiffusionXLControlNetSEGPipeline,
     StableDiffusionXLSEGControlNetPipeline,
@@ -16,4 +17,5 @@ __all__ = [
     "StableDiffusionXLSEGInpaintPipeline",
     "StableDiffusionXLSEGPipeline",
     "enable_seg",
+    "load_pipeline",
 ]

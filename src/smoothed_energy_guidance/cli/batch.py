@@ -1,0 +1,119 @@
+"""Many prompts from a file: resumable, atomic per image, sharded over ``accelerate launch`` processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .generate import PipelineCache, call_arguments
+from .metadata import read_png_settings, save_png, write_atomically
+from .settings import GenerationSettings, coerce_overrides
+
+MANIFEST = "manifest.jsonl"
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One prompt of a batch file, named after its line so reruns find it again."""
+
+    id: str
+    line: int
+    settings: GenerationSettings
+
+    def image_paths(self, out: Path) -> list[Path]:
+        return [out / f"{self.id}_{k}.png" for k in range(self.settings.num_images)]
+
+
+def _rows(path: Path) -> list[tuple[int, Any]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or "prompt" not in reader.fieldnames:
+            raise ValueError(f"{path}: a CSV batch file needs a header row with a 'prompt' column.")
+        return [(reader.line_num, row) for row in reader]
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            rows.append((number, line))
+    return rows
+
+
+def _overrides(path: Path, row: Any) -> dict[str, Any]:
+    if path.suffix == ".jsonl":
+        try:
+            record = json.loads(row)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise ValueError('each line must be a JSON object with a "prompt" string')
+        return coerce_overrides(record)
+    if path.suffix == ".csv":
+        return coerce_overrides(dict(row))
+    return {"prompt": row.strip()}
+
+
+def read_batch(path: Path, base: GenerationSettings) -> tuple[list[BatchItem], list[str]]:
+    """Items of a ``.txt``, ``.jsonl`` or ``.csv`` file, and a message per malformed line."""
+    if path.suffix not in (".txt", ".jsonl", ".csv"):
+        raise ValueError(f"{path}: batch files must end in .txt, .jsonl or .csv.")
+    if not path.is_file():
+        raise ValueError(f"Batch file {path} was not found.")
+    items, problems = [], []
+    for number, row in _rows(path):
+        try:
+            settings = base.replace(**_overrides(path, row))
+        except (ValueError, TypeError) as error:
+            problems.append(f"{path.name}:{number}: skipped: {error}")
+            continue
+        items.append(BatchItem(f"item-{number:05d}", number, settings))
+    return items, problems
+
+
+def shard(items: list[BatchItem], rank: int, world: int) -> list[BatchItem]:
+    """This process's share: every ``world``-th item from ``rank``, so no item is done twice."""
+    return items[rank::world]
+
+
+def write_manifest(items: list[BatchItem], out: Path) -> Path:
+    """Rebuild ``manifest.jsonl`` from the finished images, in file order, each once."""
+    lines = []
+    for item in items:
+        for path in item.image_paths(out):
+            if path.exists():
+                _, record = read_png_settings(path)
+                lines.append(json.dumps({"item": item.id, "line": item.line, "image": path.name, **(record or {})}))
+    manifest = out / MANIFEST
+    write_atomically(manifest, lambda temp: temp.write_text("".join(f"{line}\n" for line in lines), "utf-8"))
+    return manifest
+
+
+def run_batch(cache: PipelineCache, path: Path, base: GenerationSettings, out: Path) -> tuple[int, list[str]]:
+    """Generate every unfinished item of this process's shard. Returns (images written, problems)."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    items, problems = read_batch(path, base)
+    if state.is_main_process:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+    written = 0
+    mine = shard(items, state.process_index, state.num_processes)
+    todo = [(item, k, p) for item in mine for k, p in enumerate(item.image_paths(out)) if not p.exists()]
+    for item, k, image_path in tqdm(
+        todo, desc=f"batch[{state.process_index}]", unit="image", disable=not cache.progress
+    ):
+        single = item.settings.replace(seed=item.settings.seed + k, num_images=1)
+        pipe = cache.pipeline(single)
+        image = pipe(**call_arguments(single, pipe, single.seed)).images[0]
+        save_png(image, image_path, single, {"item": item.id, "line": item.line})
+        written += 1
+    state.wait_for_everyone()
+    if state.is_main_process:
+        write_manifest(items, out)
+    return written, problems

@@ -1,0 +1,184 @@
+"""The ``seg`` command: generate, sweep, batch, info and demo, built on the public API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..pipelines.loading import DEFAULT_MODEL, SCHEDULERS, ModelLoadError
+from .settings import GenerationSettings, parse_layers, parse_lora, parse_sigma
+
+# option → (settings field, parser); options left out on the command line keep their defaults
+SETTING_OPTIONS: dict[str, tuple[str, Any, str]] = {
+    "--model": ("model", str, f"hub id, local diffusers folder or .safetensors file (default {DEFAULT_MODEL})"),
+    "--prompt": ("prompt", str, "what to draw"),
+    "--negative-prompt": ("negative_prompt", str, "what to avoid"),
+    "--width": ("width", int, "image width in pixels (default: the model's)"),
+    "--height": ("height", int, "image height in pixels (default: the model's)"),
+    "--steps": ("steps", int, "denoising steps (default 30)"),
+    "--cfg": ("cfg", float, "classifier-free guidance scale; 1 turns CFG off (default 5)"),
+    "--seg-scale": ("seg_scale", float, "SEG scale; 0 turns SEG off (default 3)"),
+    "--blur-sigma": ("blur_sigma", parse_sigma, "SEG blur σ, a number or 'inf' (default inf)"),
+    "--layers": ("layers", parse_layers, "SEG layers, e.g. 'mid', 'mid+up', 'd4-d9' (default mid)"),
+    "--seg-start": ("seg_start", float, "fraction of steps where SEG starts (default 0)"),
+    "--seg-end": ("seg_end", float, "fraction of steps where SEG ends (default 1)"),
+    "--seed": ("seed", int, "random seed (default: a random one, recorded in the PNG)"),
+    "--num-images": ("num_images", int, "images to make, seeds seed, seed+1, … (default 1)"),
+    "--scheduler": ("scheduler", str, f"one of {', '.join(SCHEDULERS)} (default euler)"),
+    "--controlnet": ("controlnet", str, "ControlNet folder or hub id"),
+    "--control-image": ("control_image", str, "the ControlNet condition image"),
+    "--init-image": ("init_image", str, "start from this image (img2img)"),
+    "--strength": ("strength", float, "how much of the init image to repaint (default 0.8)"),
+    "--mask": ("mask", str, "white = repaint (inpainting; needs --init-image)"),
+    "--dtype": ("dtype", str, "auto, fp16, bf16 or fp32 (auto: fp16 on CUDA)"),
+}
+
+
+def _add_setting_options(parser: argparse.ArgumentParser) -> None:
+    for option, (field, parse, help_text) in SETTING_OPTIONS.items():
+        parser.add_argument(option, dest=field, type=parse, default=argparse.SUPPRESS, help=help_text)
+    parser.add_argument(
+        "--lora",
+        dest="loras",
+        action="append",
+        type=parse_lora,
+        default=argparse.SUPPRESS,
+        metavar="PATH[:WEIGHT]",
+        help="load a LoRA (repeatable)",
+    )
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    parser.add_argument("--offload", default="none", choices=["none", "model", "sequential"])
+    parser.add_argument("--config", help="local diffusers folder with the configuration of a single-file model")
+    parser.add_argument(
+        "--allow-pickle", action="store_true", help="allow .ckpt/.bin/.pt checkpoints (they can run code when loaded)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default ./outputs)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing files instead of renaming")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seg", description="Smoothed Energy Guidance for diffusers pipelines.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    generate = commands.add_parser("generate", help="generate images with SEG")
+    _add_setting_options(generate)
+    _add_run_options(generate)
+    generate.add_argument("--from", dest="from_image", type=Path, help="reuse the settings of a PNG made by seg")
+    sweep = commands.add_parser("sweep", help="a labelled comparison grid over one or two settings")
+    _add_setting_options(sweep)
+    _add_run_options(sweep)
+    sweep.add_argument("--x", required=True, help="column axis, e.g. blur-sigma=1,4,16,inf")
+    sweep.add_argument("--y", help="row axis, e.g. seg-scale=0,3")
+    sweep.add_argument("--baselines", help="extra columns: vanilla, pag (comma separated)")
+    batch = commands.add_parser("batch", help="generate every prompt of a .txt, .jsonl or .csv file")
+    batch.add_argument("prompts", type=Path)
+    _add_setting_options(batch)
+    _add_run_options(batch)
+    info = commands.add_parser("info", help="print the settings stored in a PNG")
+    info.add_argument("image", type=Path)
+    demo = commands.add_parser("demo", help="offline comparison grid on the bundled model")
+    demo.add_argument("--out", type=Path, default=Path("outputs"))
+    demo.add_argument("--overwrite", action="store_true")
+    demo.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _settings(args: argparse.Namespace, base: GenerationSettings | None = None) -> GenerationSettings:
+    fields = {field for field, _, _ in SETTING_OPTIONS.values()} | {"loras"}
+    given = {name: getattr(args, name) for name in fields if hasattr(args, name)}
+    if base is None:
+        given.setdefault("seed", secrets.randbelow(2**32))
+        return GenerationSettings(**given)
+    return base.replace(**given)
+
+
+def _cache(args: argparse.Namespace):
+    from .generate import PipelineCache
+
+    return PipelineCache(
+        device=args.device,
+        offload=args.offload,
+        config=args.config,
+        allow_pickle=args.allow_pickle,
+        progress=not args.quiet,
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .generate import generate
+    from .metadata import free_path, save_png, settings_from_png
+
+    base = settings_from_png(args.from_image) if args.from_image else None
+    settings = _settings(args, base)
+    images = generate(_cache(args), settings)
+    for image, single in tqdm(images, total=settings.num_images, desc="images", disable=args.quiet):
+        path = save_png(image, free_path(args.out / f"seg-{single.seed}.png", args.overwrite), single)
+        print(path)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import parse_axis, parse_baselines, run_sweep
+
+    x, y = parse_axis(args.x), parse_axis(args.y) if args.y else None
+    grid, cells = run_sweep(
+        _cache(args), _settings(args), x, y, parse_baselines(args.baselines), args.out, args.overwrite
+    )
+    print(grid)
+    print(f"{len(cells)} cells in {cells[0].parent}")
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import MANIFEST, run_batch
+
+    written, problems = run_batch(_cache(args), args.prompts, _settings(args), args.out)
+    print(f"{written} image(s) written; manifest: {args.out / MANIFEST}")
+    return 1 if problems else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .metadata import read_png_settings
+
+    text, record = read_png_settings(args.image)
+    if text is None and record is None:
+        raise ValueError(f"{args.image} carries no generation settings.")
+    if text is not None:
+        print(text)
+    if record is not None:
+        print(json.dumps(record, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    _, message = run_demo(args.out, progress=not args.quiet, overwrite=args.overwrite)
+    print(message)
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "sweep": cmd_sweep, "batch": cmd_batch, "info": cmd_info, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``seg`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, ModelLoadError, FileExistsError) as error:
+        print(f"seg {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"seg {args.command}: interrupted; finished images are kept.", file=sys.stderr)
+        return 130

@@ -1,0 +1,160 @@
+"""Everything that determines one generated image, as one record that round-trips through PNGs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..pipelines.loading import DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Settings of one image (``num_images`` > 1 means seeds ``seed``, ``seed + 1``, …)."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str = DEFAULT_MODEL
+    width: int | None = None
+    height: int | None = None
+    steps: int = 30
+    cfg: float = 5.0
+    seg_scale: float = 3.0
+    blur_sigma: float = math.inf
+    layers: tuple[str, ...] = field(default=("mid",))
+    seg_start: float = 0.0
+    seg_end: float = 1.0
+    seed: int = 0
+    num_images: int = 1
+    scheduler: str = "euler"
+    loras: tuple[tuple[str, float], ...] = ()
+    controlnet: str | None = None
+    control_image: str | None = None
+    controlnet_scale: float = 1.0
+    init_image: str | None = None
+    strength: float = 0.8
+    mask: str | None = None
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "loras", tuple((str(p), float(w)) for p, w in self.loras))
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}.")
+        if self.num_images < 1:
+            raise ValueError(f"num-images must be at least 1, got {self.num_images}.")
+        if self.mask and not self.init_image:
+            raise ValueError("--mask needs --init-image (the picture to inpaint).")
+        if (self.controlnet is None) != (self.control_image is None):
+            raise ValueError("--controlnet and --control-image go together; pass both or neither.")
+        if self.controlnet and self.init_image:
+            raise ValueError("ControlNet with --init-image is not supported yet; use one or the other.")
+
+    @property
+    def task(self) -> str:
+        if self.controlnet:
+            return "controlnet"
+        if self.mask:
+            return "inpaint"
+        return "img2img" if self.init_image else "text2img"
+
+    def replace(self, **changes: Any) -> GenerationSettings:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        record = dataclasses.asdict(self)
+        record["blur_sigma"] = _float_to_json(self.blur_sigma)
+        record["layers"] = list(self.layers)
+        record["loras"] = [list(item) for item in self.loras]
+        return record
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> GenerationSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(record) - known)
+        if unknown:
+            raise ValueError(f"Unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+        values = dict(record)
+        if "blur_sigma" in values:
+            values["blur_sigma"] = parse_sigma(values["blur_sigma"])
+        if isinstance(values.get("layers"), str):
+            values["layers"] = parse_layers(values["layers"])
+        return cls(**values)
+
+
+def _float_to_json(value: float) -> float | str:
+    return "inf" if math.isinf(value) else value
+
+
+def parse_sigma(value: str | float) -> float:
+    """σ from text: a positive number or ``inf``."""
+    try:
+        sigma = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"blur sigma must be a number or 'inf', got {value!r}.") from None
+    if math.isnan(sigma) or sigma <= 0:
+        raise ValueError(f"blur sigma must be > 0 (or 'inf'), got {value!r}.")
+    return sigma
+
+
+def parse_layers(value: str) -> tuple[str, ...]:
+    """Layers from text: ``mid``, ``mid+up``, ``d4-d9+u0`` (``+`` or spaces between specs)."""
+    return tuple(part for part in value.replace("+", " ").replace(",", " ").split() if part)
+
+
+def parse_lora(value: str) -> tuple[str, float]:
+    """``PATH[:WEIGHT]`` → (path, weight); weight defaults to 1."""
+    path, sep, weight = value.rpartition(":")
+    if sep and path and not weight.startswith(("/", "\\")):
+        try:
+            return path, float(weight)
+        except ValueError:
+            pass
+    return value, 1.0
+
+
+def _parse_loras(value: Any) -> tuple[tuple[str, float], ...]:
+    if isinstance(value, str):
+        return tuple(parse_lora(part) for part in value.split(";") if part.strip())
+    return tuple(tuple(item) if not isinstance(item, str) else parse_lora(item) for item in value)
+
+
+_TEXT_PARSERS: dict[str, Any] = {
+    "width": int,
+    "height": int,
+    "steps": int,
+    "seed": int,
+    "num_images": int,
+    "cfg": float,
+    "seg_scale": float,
+    "seg_start": float,
+    "seg_end": float,
+    "strength": float,
+    "controlnet_scale": float,
+    "blur_sigma": parse_sigma,
+    "layers": parse_layers,
+    "loras": _parse_loras,
+}
+
+
+def coerce_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings given as text (CSV cells, JSON strings) converted to their field types.
+
+    Keys may use dashes or underscores (``blur-sigma`` or ``blur_sigma``); empty cells are dropped.
+    """
+    known = {f.name for f in dataclasses.fields(GenerationSettings)}
+    result: dict[str, Any] = {}
+    for key, value in values.items():
+        name = key.strip().replace("-", "_")
+        if name not in known:
+            raise ValueError(f"Unknown setting {key!r}; known: {', '.join(sorted(known))}.")
+        if value is None or value == "":
+            continue
+        parser = _TEXT_PARSERS.get(name)
+        try:
+            result[name] = parser(value) if parser and (isinstance(value, str) or name == "loras") else value
+        except ValueError as error:
+            raise ValueError(f"Bad value for {key}: {value!r} ({error}).") from None
+    return result

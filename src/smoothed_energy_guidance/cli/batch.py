@@ -80,6 +80,14 @@ def shard(items: list[BatchItem], rank: int, world: int) -> list[BatchItem]:
     return items[rank::world]
 
 
+def remove_stale_partials(items: list[BatchItem], out: Path) -> None:
+    """Delete temp files an interrupted run left for these items (never a finished image)."""
+    for item in items:
+        for path in item.image_paths(out):
+            for stale in out.glob(f".{path.name}.*.partial"):
+                stale.unlink(missing_ok=True)
+
+
 def write_manifest(items: list[BatchItem], out: Path) -> Path:
     """Rebuild ``manifest.jsonl`` from the finished images, in file order, each once."""
     lines = []
@@ -97,13 +105,19 @@ def run_batch(cache: PipelineCache, path: Path, base: GenerationSettings, out: P
     """Generate every unfinished item of this process's shard. Returns (images written, problems)."""
     from accelerate import PartialState
 
-    state = PartialState()
+    from ..pipelines.loading import resolve_device
+
+    # on CPU, accelerate only joins the launched processes into one group when told it is CPU work
+    state = PartialState(cpu=resolve_device(cache.device) == "cpu")
+    if state.num_processes > 1 and state.device.type == "cuda":
+        cache.device = str(state.device)  # one GPU per process
     items, problems = read_batch(path, base)
     if state.is_main_process:
         for problem in problems:
             print(problem, file=sys.stderr)
     written = 0
     mine = shard(items, state.process_index, state.num_processes)
+    remove_stale_partials(mine, out)
     todo = [(item, k, p) for item in mine for k, p in enumerate(item.image_paths(out)) if not p.exists()]
     for item, k, image_path in tqdm(
         todo, desc=f"batch[{state.process_index}]", unit="image", disable=not cache.progress
@@ -111,7 +125,7 @@ def run_batch(cache: PipelineCache, path: Path, base: GenerationSettings, out: P
         single = item.settings.replace(seed=item.settings.seed + k, num_images=1)
         pipe = cache.pipeline(single)
         image = pipe(**call_arguments(single, pipe, single.seed)).images[0]
-        save_png(image, image_path, single, {"item": item.id, "line": item.line})
+        save_png(image, image_path, single, {"item": item.id, "line": item.line, "process": state.process_index})
         written += 1
     state.wait_for_everyone()
     if state.is_main_process:

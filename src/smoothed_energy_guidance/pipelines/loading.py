@@ -61,7 +61,9 @@ def resolve_device(device: str = "auto") -> str:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+    if device.startswith("cuda:") and torch.cuda.is_available():
+        return device
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but torch sees no CUDA GPU; use --device auto or cpu.")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError("--device mps was asked for, but MPS is not available; use --device auto or cpu.")
@@ -74,7 +76,7 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     """``auto`` is fp16 on CUDA and fp32 elsewhere."""
     names = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     if dtype == "auto":
-        return torch.float16 if device == "cuda" else torch.float32
+        return torch.float16 if device.startswith("cuda") else torch.float32
     if dtype not in names:
         raise ValueError(f"Unknown dtype {dtype!r}; use auto, fp16, bf16 or fp32.")
     return names[dtype]

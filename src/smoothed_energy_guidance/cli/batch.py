@@ -105,7 +105,7 @@ def run_batch(cache: PipelineCache, path: Path, base: GenerationSettings, out: P
     """Generate every unfinished item of this process's shard. Returns (images written, problems)."""
     from accelerate import PartialState
 
-    from ..pipelines.loading import resolve_device
+    from ..pipelines import resolve_device
 
     # on CPU, accelerate only joins the launched processes into one group when told it is CPU work
     state = PartialState(cpu=resolve_device(cache.device) == "cpu")

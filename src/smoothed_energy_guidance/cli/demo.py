@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..pipelines.loading import TINY_RANDOM
+from ..pipelines import TINY_RANDOM
 from .generate import PipelineCache
 from .grid import labelled_grid
 from .metadata import save_png

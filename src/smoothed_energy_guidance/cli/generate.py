@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..pipelines.loading import (
+from ..pipelines import (
     apply_loras,
     load_base_pipeline,
     pipeline_for_task,

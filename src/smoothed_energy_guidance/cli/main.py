@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..pipelines.loading import DEFAULT_MODEL, SCHEDULERS, ModelLoadError
+from ..pipelines import DEFAULT_MODEL, SCHEDULERS, ModelLoadError
 from .settings import GenerationSettings, parse_layers, parse_lora, parse_sigma
 
 # option → (settings field, parser); options left out on the command line keep their defaults

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..pipelines.loading import DEFAULT_MODEL
+from ..pipelines import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,60 @@
+"""Dependencies point one way: core ← hooks ← pipelines ← cli (STYLE.md, principle 1)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "smoothed_energy_guidance"
+CORE = {"blur", "layers", "guidance"}
+STDLIB_OK = {"__future__", "math", "re", "functools", "dataclasses", "collections", "typing", "importlib"}
+
+
+def imports(path: Path) -> set[str]:
+    """Absolute top-level packages and package-relative modules a file imports."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                found.add(node.module.split(".")[0])
+            else:
+                module = node.module or ""
+                found.add("." * node.level + module)
+    return found
+
+
+def module_files(folder: str = "") -> list[Path]:
+    return sorted((PACKAGE / folder).glob("*.py"))
+
+
+@pytest.mark.parametrize("name", sorted(CORE))
+def test_core_imports_only_torch(name):
+    used = imports(PACKAGE / f"{name}.py")
+    allowed = STDLIB_OK | {"torch"} | {f".{other}" for other in CORE}
+    assert used <= allowed, f"{name}.py imports {sorted(used - allowed)}"
+
+
+def test_hooks_import_torch_and_core_only():
+    used = imports(PACKAGE / "hooks.py")
+    allowed = STDLIB_OK | {"torch"} | {f".{core}" for core in CORE}
+    assert used <= allowed, sorted(used - allowed)
+
+
+def test_only_pipelines_import_diffusers_and_transformers():
+    for path in PACKAGE.rglob("*.py"):
+        heavy = imports(path) & {"diffusers", "transformers", "peft", "accelerate"}
+        inside_pipelines = path.parent.name == "pipelines"
+        inside_cli = path.parent.name == "cli"
+        if heavy and not inside_pipelines:
+            # the CLI may use accelerate for process sharding and diffusers' own PAG baseline pipeline
+            assert inside_cli and heavy <= {"accelerate", "diffusers"}, f"{path.name} imports {sorted(heavy)}"
+
+
+def test_cli_uses_only_the_public_api():
+    for path in module_files("cli"):
+        parents = {m for m in imports(path) if m.startswith("..")}
+        assert parents <= {"..", "..pipelines"}, f"cli/{path.name} reaches into {sorted(parents)}"

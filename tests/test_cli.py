@@ -350,3 +350,19 @@ def test_demo_writes_a_grid_and_explains_it(tmp_path, capsys):
     assert "random weights" in out and "σ = 1, 4, 16 and ∞" in out
     path = Path(out.split("Wrote ")[1].split(":")[0])
     assert path.exists() and read_png_settings(path)[1]["demo"][0] == "no SEG"
+
+
+def test_single_file_checkpoint_with_local_config(tmp_path, capsys):
+    from ldm_checkpoint import sdxl_to_ldm
+    from safetensors.torch import save_file
+
+    from smoothed_energy_guidance.pipelines import load_base_pipeline
+
+    pipe = load_base_pipeline("tiny-random")
+    pipe.save_pretrained(tmp_path / "config")
+    save_file(sdxl_to_ldm(pipe), tmp_path / "model.safetensors")
+    run(capsys, "generate", *TINY, "--seed", 9, "--out", tmp_path / "a")
+    single = ["--model", tmp_path / "model.safetensors", "--config", tmp_path / "config", *TINY[2:]]
+    code, out, err = run(capsys, "generate", *single, "--seed", 9, "--out", tmp_path / "b")
+    assert code == 0, err
+    assert np.array_equal(pixels(out.strip()), pixels(tmp_path / "a/seg-9.png"))

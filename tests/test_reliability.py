@@ -184,3 +184,20 @@ def test_the_official_example_runs_unchanged(seg_pipe):
         generator=g,
     ).images
     assert len(images) == 2 and images[0].size == (32, 32)
+
+
+def test_from_single_file_with_a_local_config(tmp_path, plain_pipe, seg_pipe):
+    from ldm_checkpoint import sdxl_to_ldm
+    from safetensors.torch import save_file
+
+    plain_pipe.save_pretrained(tmp_path / "config", safe_serialization=True)
+    save_file(sdxl_to_ldm(plain_pipe), tmp_path / "model.safetensors")
+    loaded = seg.StableDiffusionXLSEGPipeline.from_single_file(
+        tmp_path / "model.safetensors", config=str(tmp_path / "config")
+    )
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        ours, theirs = getattr(plain_pipe, name).state_dict(), getattr(loaded, name).state_dict()
+        assert all(torch.equal(ours[k], theirs[k].reshape(ours[k].shape)) for k in ours), name
+    loaded.set_progress_bar_config(disable=True)
+    expected = seg_pipe(**call_args(), seg_blur_sigma=1.0).images
+    assert torch.equal(loaded(**call_args(), seg_blur_sigma=1.0).images, expected)

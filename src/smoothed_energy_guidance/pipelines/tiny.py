@@ -49,10 +49,10 @@ def tiny_clip_tokenizer() -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(write_tiny_clip_tokenizer(folder))
 
 
-def _text_config(vocab_size: int) -> CLIPTextConfig:
+def _text_config(vocab_size: int, hidden_size: int) -> CLIPTextConfig:
     return CLIPTextConfig(
         vocab_size=vocab_size,
-        hidden_size=32,
+        hidden_size=hidden_size,
         intermediate_size=37,
         num_hidden_layers=2,
         num_attention_heads=4,
@@ -62,6 +62,11 @@ def _text_config(vocab_size: int) -> CLIPTextConfig:
         pad_token_id=1,
         bos_token_id=0,
     )
+
+
+# The two encoders differ in width, as CLIP ViT-L and OpenCLIP ViT-bigG do in SDXL: single-file
+# loaders tell them apart by that width.
+TEXT_HIDDEN, TEXT_2_HIDDEN = 32, 48
 
 
 def tiny_sdxl_unet(
@@ -84,7 +89,7 @@ def tiny_sdxl_unet(
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=80,
-        cross_attention_dim=64,
+        cross_attention_dim=TEXT_HIDDEN + TEXT_2_HIDDEN,
         norm_num_groups=1,
     )
 
@@ -114,7 +119,6 @@ def tiny_sdxl_components(seed: int = 0, unet_in_channels: int = 4, sharpen: floa
         sample_size=32,
     )
     tokenizer = tiny_clip_tokenizer()
-    config = _text_config(len(tokenizer))
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -125,8 +129,8 @@ def tiny_sdxl_components(seed: int = 0, unet_in_channels: int = 4, sharpen: floa
     return {
         "unet": unet.eval(),
         "vae": vae.eval(),
-        "text_encoder": CLIPTextModel(config).eval(),
-        "text_encoder_2": CLIPTextModelWithProjection(config).eval(),
+        "text_encoder": CLIPTextModel(_text_config(len(tokenizer), TEXT_HIDDEN)).eval(),
+        "text_encoder_2": CLIPTextModelWithProjection(_text_config(len(tokenizer), TEXT_2_HIDDEN)).eval(),
         "tokenizer": tokenizer,
         "tokenizer_2": tiny_clip_tokenizer(),
         "scheduler": scheduler,

@@ -19,9 +19,9 @@ def call_args(**extra):
 
 
 def count_batches(unet):
-    """Batch sizes reaching the UNet's first layer (after any rows SEG appends)."""
+    """Batch sizes reaching the UNet's last layer (after any rows SEG appends, shared prefix or not)."""
     seen: list[int] = []
-    handle = unet.conv_in.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    handle = unet.conv_out.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
     return seen, handle
 
 

@@ -32,8 +32,7 @@ def axis_kernel_size(size: int, side: int) -> int:
     return min(size, side - (side % 2 - 1))
 
 
-@functools.lru_cache(maxsize=256)
-def _kernel_1d_cpu(sigma: float, size: int) -> torch.Tensor:
+def _gaussian_taps(sigma: float, size: int) -> torch.Tensor:
     half = (size - 1) * 0.5
     x = torch.linspace(-half, half, steps=size)
     pdf = torch.exp(-0.5 * (x / sigma).pow(2))
@@ -48,7 +47,7 @@ def gaussian_kernel_1d(
 
     The taps are computed in fp32 on the CPU, as the official code does, then cast.
     """
-    return _kernel_1d_cpu(float(sigma), int(size)).to(device=device, dtype=dtype)
+    return _gaussian_taps(float(sigma), int(size)).to(device=device, dtype=dtype)
 
 
 def _blur_axis(x: torch.Tensor, sigma: float, size: int, dim: int) -> torch.Tensor:
@@ -57,7 +56,10 @@ def _blur_axis(x: torch.Tensor, sigma: float, size: int, dim: int) -> torch.Tens
     taps = axis_kernel_size(size, side)
     if taps <= 1:
         return x
-    kernel = gaussian_kernel_1d(sigma, taps, x.dtype, x.device)
+    if torch.compiler.is_compiling():  # traced into the graph as a constant; no Python cache inside
+        kernel = _gaussian_taps(float(sigma), taps).to(device=x.device, dtype=x.dtype)
+    else:
+        kernel = gaussian_kernel_1d(sigma, taps, x.dtype, x.device)
     channels = x.shape[1]
     pad = taps // 2
     if dim == -1:

@@ -38,6 +38,21 @@ class QueryTarget:
 
 
 @dataclass(frozen=True)
+class ForkPlan:
+    """Where the perturbed rows join a denoiser call, so the shared prefix runs once.
+
+    The perturbed rows equal the cond rows until the first SEG layer, so the denoiser runs on the
+    host's rows up to ``blocks[0]`` and the cond rows are copied there. Every later block gets
+    copies for the pre-fork tensors it consumes (time embedding, text embeddings, skip
+    connections); ``widen_inputs`` does the same for denoiser inputs that are consumed after the
+    fork outside any block (e.g. ControlNet residuals).
+    """
+
+    blocks: tuple[nn.Module, ...]
+    widen_inputs: Callable[[tuple, dict, int, slice], tuple[tuple, dict]]
+
+
+@dataclass(frozen=True)
 class HostStep:
     """What the host pipeline is doing on the current denoiser call."""
 
@@ -114,8 +129,10 @@ class SegHooks:
         config: SegConfig,
         read_host: Callable[[Any], HostStep],
         undo_hint: str = "",
+        fork: ForkPlan | None = None,
     ) -> None:
         self.denoiser = denoiser
+        self.fork = fork
         self.targets = tuple(targets)
         self.config = config
         self.read_host = read_host
@@ -134,6 +151,8 @@ class SegHooks:
             self._handles.append(self.denoiser.register_forward_pre_hook(self._before_denoiser, with_kwargs=True))
             for target in self.targets:
                 self._handles.append(target.projection.register_forward_hook(self._query_hook(target)))
+            for block in self.fork.blocks if self.fork else ():
+                self._handles.append(block.register_forward_pre_hook(self._widen_block_inputs, with_kwargs=True))
             self._handles.append(self.denoiser.register_forward_hook(self._after_denoiser, with_kwargs=True))
         except BaseException:
             self.remove()
@@ -184,7 +203,16 @@ class SegHooks:
         cond_rows = slice(host_rows - group_rows, host_rows)
         self._call = PerturbedCall(host, host_rows, group_rows, tuple(sample.shape[-2:]))
         self._reached = set()
+        if self.fork is not None:
+            return self.fork.widen_inputs(args, kwargs, host_rows, cond_rows)
         return append_cond_rows(args, host_rows, cond_rows), append_cond_rows(kwargs, host_rows, cond_rows)
+
+    def _widen_block_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        call = self._call
+        if call is None:
+            return None
+        cond_rows = slice(call.host_rows - call.group_rows, call.host_rows)
+        return append_cond_rows(args, call.host_rows, cond_rows), append_cond_rows(kwargs, call.host_rows, cond_rows)
 
     def _query_hook(self, target: QueryTarget) -> Callable:
         def blur_perturbed_queries(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:

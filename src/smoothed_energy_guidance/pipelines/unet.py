@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..guidance import SegConfig
-from ..hooks import HostStep, QueryTarget, SegHooks
+from ..hooks import ForkPlan, HostStep, QueryTarget, SegHooks, append_cond_rows
 from ..layers import AttentionInventory, resolve_layers, unet_self_attention_inventory
 
 UNDO_HINT = (
@@ -54,6 +54,51 @@ def unet_query_targets(unet: nn.Module, layer_names: Sequence[str]) -> list[Quer
     return targets
 
 
+def unet_blocks_in_order(unet: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The UNet's top-level blocks in the order its forward runs them."""
+    blocks = [(f"down_blocks.{i}", block) for i, block in enumerate(unet.down_blocks)]
+    if unet.mid_block is not None:
+        blocks.append(("mid_block", unet.mid_block))
+    blocks += [(f"up_blocks.{i}", block) for i, block in enumerate(unet.up_blocks)]
+    return blocks
+
+
+def unet_fork_plan(unet: nn.Module, layer_names: Sequence[str]) -> ForkPlan:
+    """Fork at the first top-level block holding a SEG layer; everything before it runs once.
+
+    ControlNet residuals are added inside the UNet's forward, outside any block: the down
+    residuals of skip connections made after the fork and the mid residual (when the mid block
+    is at or after the fork) get perturbed copies up front.
+    """
+    blocks = unet_blocks_in_order(unet)
+    first = next(i for i, (name, _) in enumerate(blocks) if any(n.startswith(name + ".") for n in layer_names))
+    fork_name = blocks[first][0]
+    down_count = len(unet.down_blocks)
+    if fork_name.startswith("down_blocks."):
+        index = int(fork_name.split(".")[1])
+        skips_before_fork = 1 + sum(
+            len(block.resnets) + (block.downsamplers is not None) for block in unet.down_blocks[:index]
+        )
+    else:
+        skips_before_fork = None  # every skip connection is made before the fork
+    mid_after_fork = first <= down_count
+
+    def widen_inputs(args: tuple, kwargs: dict, host_rows: int, cond_rows: slice) -> tuple[tuple, dict]:
+        kwargs = dict(kwargs)
+        down = kwargs.get("down_block_additional_residuals")
+        if down is not None and skips_before_fork is not None:
+            kwargs["down_block_additional_residuals"] = type(down)(
+                residual if i < skips_before_fork else append_cond_rows(residual, host_rows, cond_rows)
+                for i, residual in enumerate(down)
+            )
+        mid = kwargs.get("mid_block_additional_residual")
+        if mid is not None and mid_after_fork:
+            kwargs["mid_block_additional_residual"] = append_cond_rows(mid, host_rows, cond_rows)
+        return args, kwargs
+
+    return ForkPlan(tuple(block for _, block in blocks[first:]), widen_inputs)
+
+
 def _first_timestep(timestep: Any) -> float:
     if isinstance(timestep, torch.Tensor):
         return float(timestep.reshape(-1)[0])
@@ -93,6 +138,7 @@ def enable_seg(
     layers: str | Sequence[str] = ("mid",),
     start: float = 0.0,
     end: float = 1.0,
+    share_prefix: bool = True,
 ) -> SegHooks:
     """Make the pipeline's plain ``__call__`` run SEG until the returned handle is removed.
 
@@ -105,6 +151,8 @@ def enable_seg(
         blur_sigma: Gaussian σ; anything above 9999, e.g. ``float("inf")``, gives uniform queries.
         layers: layer specs such as ``"mid"``, ``["d4-d9", "u0"]`` or module names.
         start, end: fraction of denoising steps ``[start, end)`` during which SEG runs.
+        share_prefix: run the UNet up to the first SEG block once for cond and perturbed rows
+            (exact, and cheaper); False repeats the whole pass, as the official pipeline does.
     """
     config = SegConfig(scale=scale, blur_sigma=blur_sigma, layers=layers, start=start, end=end)
     unet = getattr(pipe, "unet", None)
@@ -113,6 +161,8 @@ def enable_seg(
             f"{type(pipe).__name__} has no UNet; enable_seg supports Stable Diffusion 1.x/2.x and "
             "SDXL-family pipelines."
         )
-    layer_names = resolve_layers(config.layers, unet_inventory(unet))
-    hooks = SegHooks(unet, unet_query_targets(unet, layer_names), config, host_reader(pipe), UNDO_HINT)
+    model = getattr(unet, "_orig_mod", unet)  # the module inside torch.compile's wrapper
+    layer_names = resolve_layers(config.layers, unet_inventory(model))
+    fork = unet_fork_plan(model, layer_names) if share_prefix else None
+    hooks = SegHooks(unet, unet_query_targets(model, layer_names), config, host_reader(pipe), UNDO_HINT, fork)
     return hooks.attach()

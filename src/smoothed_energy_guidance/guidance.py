@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -19,14 +19,15 @@ class SegConfig:
         scale: SEG guidance scale ``s``; 0 turns SEG off (nothing extra runs).
         blur_sigma: Gaussian σ over the image grid; any value > 9999 (``float("inf")``) means
             uniform queries.
-        layers: layer specs (see :mod:`smoothed_energy_guidance.layers`).
+        layers: layer specs (see :mod:`smoothed_energy_guidance.layers`); None picks the model
+            family's default (``["mid"]`` for UNets, the middle block for transformers).
         start: first fraction of the denoising steps during which SEG runs.
         end: fraction of the steps at which SEG stops (exclusive).
     """
 
     scale: float = 3.0
     blur_sigma: float = float("inf")
-    layers: tuple[str, ...] = field(default=("mid",))
+    layers: tuple[str, ...] | None = None
     start: float = 0.0
     end: float = 1.0
 
@@ -37,8 +38,9 @@ class SegConfig:
             raise ValueError(
                 f"seg_blur_sigma must be > 0 (use float('inf') for uniform queries), got {self.blur_sigma!r}."
             )
-        layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
-        object.__setattr__(self, "layers", layers)
+        if self.layers is not None:
+            layers = (self.layers,) if isinstance(self.layers, (str, int)) else tuple(self.layers)
+            object.__setattr__(self, "layers", layers)
         for name, value in (("seg_guidance_start", self.start), ("seg_guidance_end", self.end)):
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a fraction of the steps in [0, 1], got {value!r}.")

@@ -35,6 +35,9 @@ class QueryTarget:
     projection: nn.Module
     fused_qkv: bool
     downsample: int  # ceil-halvings from the latent grid to this layer's grid
+    token_dim: int = 1  # 1: queries are (B, N, …); 2: per-head (B, heads, N, head_dim)
+    source: str = "to_q"  # the attention's attribute that ``projection`` is
+    image_tail: bool = False  # the query holds text tokens, then the image tokens (Flux single blocks)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,24 @@ class HostStep:
     guidance_scale: float
     guidance_rescale: float
     progress: float  # step index / number of steps
+    seg_allowed: bool = True  # False for calls SEG must leave alone (e.g. a separate uncond pass)
+    seg_scale_factor: float = 1.0  # scales s where the host's own guidance multiplies it (true CFG)
+
+
+@dataclass(frozen=True)
+class DenoiserInputs:
+    """What SEG reads from one denoiser call's arguments."""
+
+    rows: int
+    grid: tuple[int, int]  # latent (UNet) or token (transformer) grid
+    timestep: Any
+
+
+def unet_call_inputs(args: tuple, kwargs: dict) -> DenoiserInputs:
+    """UNet2DConditionModel.forward(sample, timestep, …)."""
+    sample = args[0] if args else kwargs["sample"]
+    timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+    return DenoiserInputs(sample.shape[0], tuple(sample.shape[-2:]), timestep)
 
 
 @dataclass(frozen=True)
@@ -70,6 +91,7 @@ class PerturbedCall:
     host_rows: int
     group_rows: int
     latent_hw: tuple[int, int]
+    seg_scale: float
 
     @property
     def perturbed(self) -> slice:
@@ -84,14 +106,20 @@ def layer_grid(latent_hw: tuple[int, int], downsample: int) -> tuple[int, int]:
     return height, width
 
 
-def append_cond_rows(value: Any, host_rows: int, cond_rows: slice) -> Any:
-    """Copy the cond rows of every batch-shaped tensor in ``value`` onto its end (nested ok)."""
+def append_cond_rows(value: Any, host_rows: int, cond_rows: slice, unbatched: frozenset[str] = frozenset()) -> Any:
+    """Copy the cond rows of every batch-shaped tensor in ``value`` onto its end (nested ok).
+
+    Dict entries named in ``unbatched`` (e.g. Flux's position ids) are left alone.
+    """
     if isinstance(value, torch.Tensor):
         if value.ndim >= 1 and value.shape[0] == host_rows:
             return torch.cat([value, value[cond_rows]])
         return value
     if isinstance(value, dict):
-        return {key: append_cond_rows(item, host_rows, cond_rows) for key, item in value.items()}
+        return {
+            key: item if key in unbatched else append_cond_rows(item, host_rows, cond_rows)
+            for key, item in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return type(value)(append_cond_rows(item, host_rows, cond_rows) for item in value)
     return value
@@ -130,9 +158,13 @@ class SegHooks:
         read_host: Callable[[Any], HostStep],
         undo_hint: str = "",
         fork: ForkPlan | None = None,
+        read_inputs: Callable[[tuple, dict], DenoiserInputs] = unet_call_inputs,
+        unbatched: frozenset[str] = frozenset(),
     ) -> None:
         self.denoiser = denoiser
         self.fork = fork
+        self.read_inputs = read_inputs
+        self.unbatched = unbatched
         self.targets = tuple(targets)
         self.config = config
         self.read_host = read_host
@@ -179,7 +211,7 @@ class SegHooks:
     def _check_projections(self) -> None:
         """Refuse to run when a projection was swapped (fused QKV, LoRA added) after attaching."""
         for target in self.targets:
-            current = target.attention.to_qkv if target.fused_qkv else target.attention.to_q
+            current = getattr(target.attention, target.source, None)
             fused_now = bool(getattr(target.attention, "fused_projections", False))
             if current is not target.projection or fused_now != target.fused_qkv:
                 raise RuntimeError(
@@ -189,30 +221,36 @@ class SegHooks:
 
     def _before_denoiser(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         self._call = None
-        sample = args[0] if args else kwargs["sample"]
-        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
-        host = self.read_host(timestep)
-        if not self.config.active_at(host.progress):
+        inputs = self.read_inputs(args, kwargs)
+        host = self.read_host(inputs.timestep)
+        if not (host.seg_allowed and self.config.active_at(host.progress)):
             return None
         self._check_projections()
-        host_rows = sample.shape[0]
+        host_rows = inputs.rows
         groups = 2 if host.cfg else 1
         if host_rows % groups:
             raise ValueError(f"CFG batch of {host_rows} rows is not [uncond, cond]; cannot add SEG rows.")
         group_rows = host_rows // groups
         cond_rows = slice(host_rows - group_rows, host_rows)
-        self._call = PerturbedCall(host, host_rows, group_rows, tuple(sample.shape[-2:]))
+        seg_scale = self.config.scale * host.seg_scale_factor
+        self._call = PerturbedCall(host, host_rows, group_rows, inputs.grid, seg_scale)
         self._reached = set()
         if self.fork is not None:
             return self.fork.widen_inputs(args, kwargs, host_rows, cond_rows)
-        return append_cond_rows(args, host_rows, cond_rows), append_cond_rows(kwargs, host_rows, cond_rows)
+        return (
+            append_cond_rows(args, host_rows, cond_rows),
+            append_cond_rows(kwargs, host_rows, cond_rows, self.unbatched),
+        )
 
     def _widen_block_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         call = self._call
         if call is None:
             return None
         cond_rows = slice(call.host_rows - call.group_rows, call.host_rows)
-        return append_cond_rows(args, call.host_rows, cond_rows), append_cond_rows(kwargs, call.host_rows, cond_rows)
+        return (
+            append_cond_rows(args, call.host_rows, cond_rows),
+            append_cond_rows(kwargs, call.host_rows, cond_rows, self.unbatched),
+        )
 
     def _query_hook(self, target: QueryTarget) -> Callable:
         def blur_perturbed_queries(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
@@ -232,10 +270,25 @@ class SegHooks:
                 q = blur_queries(rows[..., :q_channels], grid, self.config.blur_sigma)
                 rows = torch.cat([q.to(rows.dtype), rows[..., q_channels:]], dim=-1)
             else:
-                rows = blur_queries(rows, grid, self.config.blur_sigma).to(rows.dtype)
+                rows = self._blur_image_queries(rows, grid, target)
             return torch.cat([output[: call.host_rows], rows])
 
         return blur_perturbed_queries
+
+    def _blur_image_queries(self, q: torch.Tensor, grid: tuple[int, int], target: QueryTarget) -> torch.Tensor:
+        """Blur the image tokens of perturbed queries laid out as ``target`` says; text tokens stay."""
+        if target.token_dim == 2:  # (B, heads, N, head_dim) → (B, N, heads·head_dim)
+            batch, heads, tokens, head_dim = q.shape
+            flat = q.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+        else:
+            flat = q.reshape(q.shape[0], q.shape[1], -1)
+        image_tokens = grid[0] * grid[1]
+        text = flat[:, : flat.shape[1] - image_tokens] if target.image_tail else flat[:, :0]
+        image = flat[:, text.shape[1] :]
+        blurred = torch.cat([text, blur_queries(image, grid, self.config.blur_sigma).to(q.dtype)], dim=1)
+        if target.token_dim == 2:
+            return blurred.reshape(batch, tokens, heads, head_dim).transpose(1, 2)
+        return blurred.reshape(q.shape)
 
     def _after_denoiser(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         call, self._call = self._call, None
@@ -256,7 +309,7 @@ class SegHooks:
         pred_seg = apply_seg(
             pred_cond,
             pred_perturbed,
-            self.config.scale,
+            call.seg_scale,
             pred_uncond,
             call.host.guidance_scale,
             call.host.guidance_rescale,

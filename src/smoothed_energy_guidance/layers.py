@@ -119,3 +119,86 @@ def resolve_layers(specs: str | Sequence[str], inventory: AttentionInventory) ->
         raise ValueError(f"No SEG layers given; pass e.g. ['mid']. Valid layers: {inventory.describe()}.")
     chosen = {name for spec in specs for name in _resolve_one(spec, inventory)}
     return tuple(name for name in inventory.names if name in chosen)
+
+
+@dataclass(frozen=True)
+class BlockInventory:
+    """Attention modules over image tokens in a transformer's blocks, by stack, in execution order.
+
+    ``stacks`` maps a stack name used in specs (``"blocks"``, or ``"double"`` / ``"single"`` for
+    Flux) to ``(block module name, attention module names)`` pairs.
+    """
+
+    stacks: dict[str, tuple[tuple[str, tuple[str, ...]], ...]]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for blocks in self.stacks.values() for _, names in blocks for name in names)
+
+    def block_names(self) -> list[str]:
+        return [f"{stack}.{i}" for stack, blocks in self.stacks.items() for i in range(len(blocks))]
+
+    def describe(self) -> str:
+        pieces = [f"'{stack}' ({stack}.0-{stack}.{len(blocks) - 1})" for stack, blocks in self.stacks.items()]
+        return ", ".join(pieces)
+
+    def default_layers(self) -> tuple[str, ...]:
+        """The middle block of the whole stack: the DiT counterpart of a UNet's mid block."""
+        blocks = self.block_names()
+        return (blocks[len(blocks) // 2],)
+
+
+_BLOCK_RANGE = re.compile(r"^(?:([a-z_]+)\.)?(\d+)(?:-(?:[a-z_]+\.)?(\d+))?$")
+
+
+def _resolve_block_spec(spec: object, inventory: BlockInventory) -> list[str]:
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = str(spec)
+    if not isinstance(spec, str):
+        raise ValueError(
+            f"Layer spec {spec!r} must be a string such as 'blocks.7' or '7-9'; valid layers: {inventory.describe()}."
+        )
+    spec = spec.strip()
+    if spec in inventory.stacks:
+        return [name for _, names in inventory.stacks[spec] for name in names]
+    if match := _BLOCK_RANGE.match(spec):
+        stack, first, last = match[1], int(match[2]), int(match[3] if match[3] is not None else match[2])
+        if stack is None:
+            if len(inventory.stacks) != 1:
+                raise ValueError(
+                    f"Layer {spec!r} is ambiguous here: write the stack, e.g. "
+                    f"{' or '.join(f'{s}.{first}' for s in inventory.stacks)}."
+                )
+            stack = next(iter(inventory.stacks))
+        if stack in inventory.stacks:
+            blocks = inventory.stacks[stack]
+            if first > last or last >= len(blocks):
+                raise ValueError(
+                    f"Layer {spec!r} is out of range: '{stack}' has {len(blocks)} blocks "
+                    f"({stack}.0-{stack}.{len(blocks) - 1})."
+                )
+            return [name for _, names in blocks[first : last + 1] for name in names]
+    matched = [name for name in inventory.names if name == spec or name.startswith(spec + ".")]
+    if matched:
+        return matched
+    raise ValueError(
+        f"Unknown layer {spec!r}. Valid layers: {inventory.describe()}, ranges such as "
+        f"'{next(iter(inventory.stacks))}.2-4', or module names such as {inventory.names[0]}."
+    )
+
+
+def resolve_block_layers(specs: str | int | Sequence[str | int], inventory: BlockInventory) -> tuple[str, ...]:
+    """Transformer layer specs → attention module names, in model order, without duplicates.
+
+    >>> inv = BlockInventory({"blocks": (("t.0", ("t.0.attn",)), ("t.1", ("t.1.attn", "t.1.attn2")))})
+    >>> resolve_block_layers(["blocks.1"], inv)
+    ('t.1.attn', 't.1.attn2')
+    >>> resolve_block_layers("0-1", inv)
+    ('t.0.attn', 't.1.attn', 't.1.attn2')
+    """
+    if isinstance(specs, (str, int)):
+        specs = [specs]
+    if len(specs) == 0:
+        raise ValueError(f"No SEG layers given. Valid layers: {inventory.describe()}.")
+    chosen = {name for spec in specs for name in _resolve_block_spec(spec, inventory)}
+    return tuple(name for name in inventory.names if name in chosen)

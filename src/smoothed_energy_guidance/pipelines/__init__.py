@@ -1,5 +1,12 @@
 """Pipelines: the only layer that imports diffusers. Everything here is public API."""
 
+from .dit import (
+    FluxSEGImg2ImgPipeline,
+    FluxSEGPipeline,
+    StableDiffusion3SEGImg2ImgPipeline,
+    StableDiffusion3SEGPipeline,
+)
+from .enable import SUPPORTED_FAMILIES, enable_seg, from_pipe
 from .loading import (
     DEFAULT_MODEL,
     SCHEDULERS,
@@ -15,6 +22,12 @@ from .loading import (
     resolve_dtype,
     set_scheduler,
 )
+from .sd import (
+    StableDiffusionControlNetSEGPipeline,
+    StableDiffusionSEGImg2ImgPipeline,
+    StableDiffusionSEGInpaintPipeline,
+    StableDiffusionSEGPipeline,
+)
 from .sdxl import (
     StableDiffusionXLControlNetSEGPipeline,
     StableDiffusionXLSEGControlNetPipeline,
@@ -22,9 +35,18 @@ from .sdxl import (
     StableDiffusionXLSEGInpaintPipeline,
     StableDiffusionXLSEGPipeline,
 )
-from .unet import enable_seg
 
 __all__ = [
+    "SUPPORTED_FAMILIES",
+    "FluxSEGImg2ImgPipeline",
+    "FluxSEGPipeline",
+    "StableDiffusion3SEGImg2ImgPipeline",
+    "StableDiffusion3SEGPipeline",
+    "StableDiffusionControlNetSEGPipeline",
+    "StableDiffusionSEGImg2ImgPipeline",
+    "StableDiffusionSEGInpaintPipeline",
+    "StableDiffusionSEGPipeline",
+    "from_pipe",
     "DEFAULT_MODEL",
     "SCHEDULERS",
     "TINY_RANDOM",

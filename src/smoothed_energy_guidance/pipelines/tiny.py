@@ -145,3 +145,165 @@ def tiny_controlnet(unet: UNet2DConditionModel, seed: int = 0) -> ControlNetMode
         for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
             block.weight.normal_(std=0.1)
     return controlnet.eval()
+
+
+def tiny_t5_tokenizer():
+    """A character-level T5 tokenizer built with ``tokenizers`` (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces = [(chr(c), -2.0) for c in range(ord(" "), ord("~") + 1)] + [("▁", -1.0)]
+    tokenizer = Tokenizer(models.Unigram(specials + pieces, unk_id=2, byte_fallback=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    return T5TokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_ids=0,
+        model_max_length=64,
+    )
+
+
+def tiny_t5_encoder(vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=vocab_size,
+            d_model=32,
+            d_ff=37,
+            d_kv=8,
+            num_layers=2,
+            num_heads=4,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    ).eval()
+
+
+def _tiny_vae(latent_channels: int = 4, shift_factor: float | None = None) -> AutoencoderKL:
+    return AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=latent_channels,
+        norm_num_groups=32,
+        sample_size=32,
+        shift_factor=shift_factor,
+        scaling_factor=0.5,
+    ).eval()
+
+
+def _sharpen_transformer(model: torch.nn.Module, factor: float) -> None:
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith((".attn", ".attn2")):
+                module.to_q.weight.mul_(factor)
+                module.to_k.weight.mul_(factor)
+
+
+def tiny_sd_components(seed: int = 0, sharpen: float = 4.0) -> dict[str, Any]:
+    """Every component of a Stable Diffusion 1.x-layout pipeline, random weights."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    sharpen_self_attention(unet, sharpen)
+    tokenizer = tiny_clip_tokenizer()
+    return {
+        "unet": unet.eval(),
+        "vae": _tiny_vae(),
+        "text_encoder": CLIPTextModel(_text_config(len(tokenizer), 32)).eval(),
+        "tokenizer": tokenizer,
+        "scheduler": EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            timestep_spacing="leading",
+            steps_offset=1,
+        ),
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+        "requires_safety_checker": False,
+    }
+
+
+def tiny_sd3_components(seed: int = 0, sharpen: float = 4.0, qk_norm: str | None = "rms_norm") -> dict[str, Any]:
+    """An SD3.5-layout pipeline: joint attention, per-head RMS query norm, a dual-attention block."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=3,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=32,
+        caption_projection_dim=32,
+        pooled_projection_dim=64,
+        pos_embed_max_size=32,
+        qk_norm=qk_norm,
+        dual_attention_layers=(0,) if qk_norm else (),
+    )
+    _sharpen_transformer(transformer, sharpen)
+    tokenizer_3 = tiny_t5_tokenizer()
+    return {
+        "transformer": transformer.eval(),
+        "vae": _tiny_vae(shift_factor=0.1),
+        "text_encoder": CLIPTextModelWithProjection(_text_config(514, 32)).eval(),
+        "text_encoder_2": CLIPTextModelWithProjection(_text_config(514, 32)).eval(),
+        "text_encoder_3": tiny_t5_encoder(len(tokenizer_3)),
+        "tokenizer": tiny_clip_tokenizer(),
+        "tokenizer_2": tiny_clip_tokenizer(),
+        "tokenizer_3": tokenizer_3,
+        "scheduler": FlowMatchEulerDiscreteScheduler(),
+    }
+
+
+def tiny_flux_components(seed: int = 0, sharpen: float = 4.0) -> dict[str, Any]:
+    """A Flux.1-layout pipeline: one double-stream and two single-stream blocks."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        out_channels=16,
+        num_layers=1,
+        num_single_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=(4, 2, 2),
+        guidance_embeds=False,
+    )
+    _sharpen_transformer(transformer, sharpen)
+    tokenizer_2 = tiny_t5_tokenizer()
+    return {
+        "transformer": transformer.eval(),
+        "vae": _tiny_vae(shift_factor=0.1),
+        "text_encoder": CLIPTextModel(_text_config(514, 32)).eval(),
+        "text_encoder_2": tiny_t5_encoder(len(tokenizer_2)),
+        "tokenizer": tiny_clip_tokenizer(),
+        "tokenizer_2": tokenizer_2,
+        "scheduler": FlowMatchEulerDiscreteScheduler(),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }

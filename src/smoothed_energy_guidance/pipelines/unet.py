@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -50,7 +50,16 @@ def unet_query_targets(unet: nn.Module, layer_names: Sequence[str]) -> list[Quer
         attention = modules[name]
         fused = bool(getattr(attention, "fused_projections", False)) and hasattr(attention, "to_qkv")
         projection = attention.to_qkv if fused else attention.to_q
-        targets.append(QueryTarget(name, attention, projection, fused, unet_downsample_levels(unet, name)))
+        targets.append(
+            QueryTarget(
+                name,
+                attention,
+                projection,
+                fused,
+                unet_downsample_levels(unet, name),
+                source="to_qkv" if fused else "to_q",
+            )
+        )
     return targets
 
 
@@ -131,38 +140,20 @@ def host_reader(pipe: Any):
     return read
 
 
-def enable_seg(
-    pipe: Any,
-    scale: float = 3.0,
-    blur_sigma: float = float("inf"),
-    layers: str | Sequence[str] = ("mid",),
-    start: float = 0.0,
-    end: float = 1.0,
+def enable_seg_unet(pipe: Any, config: SegConfig, share_prefix: bool = True) -> SegHooks:
+    """Attach SEG to ``pipe.unet`` (SD 1.x / 2.x / SDXL families)."""
+    return attach_seg_to_unet(pipe.unet, config, host_reader(pipe), share_prefix)
+
+
+def attach_seg_to_unet(
+    unet: nn.Module,
+    config: SegConfig,
+    read_host: Callable[[Any], HostStep],
     share_prefix: bool = True,
 ) -> SegHooks:
-    """Make the pipeline's plain ``__call__`` run SEG until the returned handle is removed.
-
-    Works on any SD / SDXL-family diffusers pipeline (text2img, img2img, inpaint, ControlNet).
-    The handle is a context manager and has an idempotent ``.remove()``.
-
-    Args:
-        pipe: the diffusers pipeline; it is not modified, only its UNet gets forward hooks.
-        scale: SEG guidance scale (0 adds no work at all).
-        blur_sigma: Gaussian σ; anything above 9999, e.g. ``float("inf")``, gives uniform queries.
-        layers: layer specs such as ``"mid"``, ``["d4-d9", "u0"]`` or module names.
-        start, end: fraction of denoising steps ``[start, end)`` during which SEG runs.
-        share_prefix: run the UNet up to the first SEG block once for cond and perturbed rows
-            (exact, and cheaper); False repeats the whole pass, as the official pipeline does.
-    """
-    config = SegConfig(scale=scale, blur_sigma=blur_sigma, layers=layers, start=start, end=end)
-    unet = getattr(pipe, "unet", None)
-    if not isinstance(unet, nn.Module):
-        raise ValueError(
-            f"{type(pipe).__name__} has no UNet; enable_seg supports Stable Diffusion 1.x/2.x and "
-            "SDXL-family pipelines."
-        )
+    """Attach SEG's hooks to a UNet driven by any loop; ``read_host(timestep)`` describes each call."""
     model = getattr(unet, "_orig_mod", unet)  # the module inside torch.compile's wrapper
-    layer_names = resolve_layers(config.layers, unet_inventory(model))
+    layer_names = resolve_layers(config.layers or ("mid",), unet_inventory(model))
     fork = unet_fork_plan(model, layer_names) if share_prefix else None
-    hooks = SegHooks(unet, unet_query_targets(model, layer_names), config, host_reader(pipe), UNDO_HINT, fork)
+    hooks = SegHooks(unet, unet_query_targets(model, layer_names), config, read_host, UNDO_HINT, fork)
     return hooks.attach()

@@ -1,0 +1,69 @@
+"""One way to turn SEG on for any supported pipeline: :func:`enable_seg` and :func:`from_pipe`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from ..guidance import SegConfig
+from ..hooks import SegHooks
+from .transformer import enable_seg_transformer, transformer_family
+from .unet import enable_seg_unet
+
+SUPPORTED_FAMILIES = "Stable Diffusion 1.x/2.x, Stable Diffusion XL, Stable Diffusion 3/3.5 and Flux.1"
+
+
+def enable_seg(
+    pipe: Any,
+    scale: float = 3.0,
+    blur_sigma: float = float("inf"),
+    layers: str | Sequence[str] | None = None,
+    start: float = 0.0,
+    end: float = 1.0,
+    share_prefix: bool = True,
+    true_cfg_scale: float = 1.0,
+) -> SegHooks:
+    """Make the pipeline's plain ``__call__`` run SEG until the returned handle is removed.
+
+    Works on any supported diffusers pipeline (text2img, img2img, inpaint, ControlNet where the
+    family has them). The pipeline is not modified; its denoiser gets forward hooks. The handle
+    is a context manager and has an idempotent ``.remove()``.
+
+    Args:
+        pipe: the diffusers pipeline.
+        scale: SEG guidance scale (0 adds no work at all).
+        blur_sigma: Gaussian σ; anything above 9999, e.g. ``float("inf")``, gives uniform queries.
+        layers: layer specs; None is the family default: ``["mid"]`` for UNets, the middle
+            transformer block for SD3 / Flux (see the README for the grammar).
+        start, end: fraction of denoising steps ``[start, end)`` during which SEG runs.
+        share_prefix: run the denoiser up to the first SEG block once for cond and perturbed rows
+            (exact, and cheaper); False repeats the whole pass, as the official pipeline does.
+        true_cfg_scale: Flux only: the ``true_cfg_scale`` the pipeline call uses with a negative
+            prompt, so that SEG adds exactly ``s·(cond − perturbed)`` on top of true CFG.
+    """
+    config = SegConfig(scale=scale, blur_sigma=blur_sigma, layers=layers, start=start, end=end)
+    if isinstance(getattr(pipe, "unet", None), nn.Module):
+        return enable_seg_unet(pipe, config, share_prefix)
+    transformer = getattr(pipe, "transformer", None)
+    if isinstance(transformer, nn.Module) and transformer_family(getattr(transformer, "_orig_mod", transformer)):
+        return enable_seg_transformer(pipe, config, share_prefix, true_cfg_scale)
+    raise ValueError(f"{type(pipe).__name__} is not supported: SEG supports {SUPPORTED_FAMILIES} pipelines.")
+
+
+def seg_pipeline_class(pipe: Any) -> type:
+    """The SEG pipeline class for a diffusers pipeline object (by its class or a base class)."""
+    from .registry import SEG_CLASSES
+
+    for cls in type(pipe).__mro__:
+        if cls in SEG_CLASSES.values():
+            return cls
+        if cls in SEG_CLASSES:
+            return SEG_CLASSES[cls]
+    raise ValueError(f"{type(pipe).__name__} is not supported: SEG supports {SUPPORTED_FAMILIES} pipelines.")
+
+
+def from_pipe(pipe: Any, **kwargs: Any) -> Any:
+    """The matching SEG pipeline sharing ``pipe``'s components (no reload), e.g. SDXL → SDXL SEG."""
+    return seg_pipeline_class(pipe).from_pipe(pipe, **kwargs)

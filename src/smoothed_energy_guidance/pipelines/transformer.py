@@ -1,0 +1,215 @@
+"""Turning SEG on for diffusion transformers: Stable Diffusion 3 / 3.5 and Flux.1.
+
+Only image-token queries are blurred, over the real token grid (latent size / patch size, or
+Flux's position ids), after the per-head query norm where the model has one; text-token
+queries, keys and values are untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..guidance import SegConfig
+from ..hooks import DenoiserInputs, ForkPlan, HostStep, QueryTarget, SegHooks
+from ..layers import BlockInventory, resolve_block_layers
+
+UNDO_HINT = "Enable SEG again after fusing QKV projections, loading LoRA or replacing the transformer."
+ATTENTION_NAMES = ("attn", "attn2")
+
+
+@dataclass(frozen=True)
+class TransformerFamily:
+    """How one transformer family lays out blocks, queries and inputs."""
+
+    name: str
+    stacks: tuple[tuple[str, str], ...]  # (spec name, ModuleList attribute)
+    query_token_dim: int  # token axis of norm_q's output
+    read_inputs: Callable[[Any, tuple, dict], DenoiserInputs]
+    unbatched: frozenset[str]
+    image_tail_stacks: frozenset[str] = frozenset()  # stacks whose queries are [text, image]
+    timestep_scale: float = 1.0  # the pipeline passes timestep / 1000 (Flux)
+
+
+def _sd3_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
+    latents = args[0] if args else kwargs["hidden_states"]
+    patch = model.config.patch_size
+    return DenoiserInputs(
+        latents.shape[0], (latents.shape[-2] // patch, latents.shape[-1] // patch), kwargs.get("timestep")
+    )
+
+
+def _flux_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
+    tokens = args[0] if args else kwargs["hidden_states"]
+    ids = kwargs["img_ids"]
+    ids = ids[0] if ids.ndim == 3 else ids
+    grid = (int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
+    if grid[0] * grid[1] != tokens.shape[1]:
+        raise ValueError(
+            f"Flux image ids describe a {grid[0]}x{grid[1]} grid but there are {tokens.shape[1]} image tokens; "
+            "SEG supports one image grid per call (no reference-image tokens)."
+        )
+    return DenoiserInputs(tokens.shape[0], grid, kwargs.get("timestep"))
+
+
+SD3 = TransformerFamily("Stable Diffusion 3", (("blocks", "transformer_blocks"),), 2, _sd3_inputs, frozenset())
+FLUX = TransformerFamily(
+    "Flux.1",
+    (("double", "transformer_blocks"), ("single", "single_transformer_blocks")),
+    1,
+    _flux_inputs,
+    frozenset({"img_ids", "txt_ids", "image_rotary_emb"}),
+    image_tail_stacks=frozenset({"single"}),
+    timestep_scale=1000.0,
+)
+
+
+def transformer_family(model: nn.Module) -> TransformerFamily | None:
+    kind = type(model).__name__
+    if kind.startswith("SD3Transformer"):
+        return SD3
+    if kind.startswith("FluxTransformer"):
+        return FLUX
+    return None
+
+
+def transformer_inventory(model: nn.Module, family: TransformerFamily) -> BlockInventory:
+    stacks = {}
+    for spec_name, attribute in family.stacks:
+        blocks = []
+        for index, block in enumerate(getattr(model, attribute)):
+            prefix = f"{attribute}.{index}"
+            names = tuple(f"{prefix}.{a}" for a in ATTENTION_NAMES if getattr(block, a, None) is not None)
+            blocks.append((prefix, names))
+        stacks[spec_name] = tuple(blocks)
+    return BlockInventory(stacks)
+
+
+def transformer_query_targets(model: nn.Module, names: Sequence[str], family: TransformerFamily) -> list[QueryTarget]:
+    """Hook ``norm_q`` (queries after the per-head norm) where it exists, else ``to_q``."""
+    modules = dict(model.named_modules())
+    attribute_to_stack = {attribute: spec for spec, attribute in family.stacks}
+    targets = []
+    for name in names:
+        attention = modules[name]
+        if getattr(attention, "fused_projections", False):
+            raise ValueError(
+                f"{name} has fused QKV projections; call pipe.transformer.unfuse_qkv_projections() before SEG."
+            )
+        norm = getattr(attention, "norm_q", None)
+        source, token_dim = ("norm_q", family.query_token_dim) if norm is not None else ("to_q", 1)
+        image_tail = attribute_to_stack[name.split(".")[0]] in family.image_tail_stacks
+        targets.append(
+            QueryTarget(name, attention, getattr(attention, source), False, 0, token_dim, source, image_tail)
+        )
+    return targets
+
+
+def transformer_fork_plan(model: nn.Module, names: Sequence[str], family: TransformerFamily) -> ForkPlan:
+    """Fork at the first block holding a SEG layer; later blocks and the output norm get widened inputs."""
+    ordered = [
+        (f"{attribute}.{i}", block)
+        for _, attribute in family.stacks
+        for i, block in enumerate(getattr(model, attribute))
+    ]
+    first = next(i for i, (prefix, _) in enumerate(ordered) if any(n.startswith(prefix + ".") for n in names))
+    blocks = tuple(block for _, block in ordered[first:]) + (model.norm_out,)
+    return ForkPlan(blocks, lambda args, kwargs, rows, cond: (args, kwargs))
+
+
+class _TrueCfgContext:
+    """Reads which denoising call the pipeline is making ("cond" / "uncond") from diffusers' cache context."""
+
+    def __init__(self, model: nn.Module) -> None:
+        from diffusers.hooks import HookRegistry, ModelHook
+        from diffusers.hooks.hooks import StateManager
+
+        class ContextReader(ModelHook):
+            _is_stateful = True
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.state = StateManager(dict)
+
+            def reset_state(self, module: nn.Module) -> nn.Module:
+                return module
+
+        self.registry = HookRegistry.check_if_exists_or_initialize(model)
+        self.hook = ContextReader()
+        self.name = f"smoothed-energy-guidance-context-{id(self)}"
+        self.registry.register_hook(self.hook, self.name)
+
+    def current(self) -> str | None:
+        context = self.hook.state._context
+        return None if context is None else context.name
+
+    def remove(self) -> None:
+        if self.name in self.registry.hooks:
+            self.registry.remove_hook(self.name, recurse=False)
+
+
+def transformer_host_reader(pipe: Any, family: TransformerFamily, true_cfg_scale: float, context: Any):
+    from .unet import step_progress
+
+    def read(timestep: Any) -> HostStep:
+        scaled = timestep * family.timestep_scale if timestep is not None else 0.0
+        progress = step_progress(pipe, scaled)
+        if family is FLUX:
+            # Flux runs true CFG as a second, "uncond" call: SEG joins the cond call only, with s/g so
+            # that neg + g·(pos' − neg) = neg + g·(pos − neg) + s·(pos − perturbed).
+            uncond = context is not None and context.current() == "uncond"
+            return HostStep(False, 1.0, 0.0, progress, seg_allowed=not uncond, seg_scale_factor=1.0 / true_cfg_scale)
+        return HostStep(
+            cfg=bool(pipe.do_classifier_free_guidance),
+            guidance_scale=float(pipe.guidance_scale),
+            guidance_rescale=0.0,
+            progress=progress,
+        )
+
+    return read
+
+
+class TransformerSegHooks(SegHooks):
+    """SEG hooks plus, for Flux, the reader of diffusers' cond / uncond call context."""
+
+    context: _TrueCfgContext | None = None
+
+    def remove(self) -> None:
+        super().remove()
+        if self.context is not None:
+            self.context.remove()
+            self.context = None
+
+
+def enable_seg_transformer(
+    pipe: Any, config: SegConfig, share_prefix: bool = True, true_cfg_scale: float = 1.0
+) -> SegHooks:
+    """Attach SEG to ``pipe.transformer`` (SD3 / SD3.5 / Flux.1)."""
+    model = getattr(pipe.transformer, "_orig_mod", pipe.transformer)
+    family = transformer_family(model)
+    inventory = transformer_inventory(model, family)
+    specs = config.layers if config.layers is not None else inventory.default_layers()
+    names = resolve_block_layers(specs, inventory)
+    if true_cfg_scale <= 0 or not torch.isfinite(torch.tensor(true_cfg_scale)):
+        raise ValueError(f"true_cfg_scale must be a positive number, got {true_cfg_scale!r}.")
+    context = _TrueCfgContext(model) if family is FLUX and config.enabled else None
+    hooks = TransformerSegHooks(
+        pipe.transformer,
+        transformer_query_targets(model, names, family),
+        config,
+        transformer_host_reader(pipe, family, true_cfg_scale, context),
+        UNDO_HINT,
+        transformer_fork_plan(model, names, family) if share_prefix else None,
+        read_inputs=lambda args, kwargs: family.read_inputs(model, args, kwargs),
+        unbatched=family.unbatched,
+    )
+    hooks.context = context
+    try:
+        return hooks.attach()
+    except BaseException:
+        hooks.remove()
+        raise

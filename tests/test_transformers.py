@@ -1,0 +1,229 @@
+"""SD3 / SD3.5 and Flux.1 against the independent transformer reference, plus their guarantees."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from reference_dit import reference_seg_transformer
+
+import smoothed_energy_guidance as seg
+from conftest import MIN_EFFECT, TOLERANCE, make_pipe, no_hooks_left
+from smoothed_energy_guidance.pipelines.tiny import tiny_flux_components, tiny_sd3_components
+
+TEXT = 16  # max_sequence_length in these tests: the T5 tokens ahead of the image in Flux's single blocks
+
+
+@pytest.fixture(scope="module")
+def sd3_parts():
+    return tiny_sd3_components(seed=0)
+
+
+@pytest.fixture(scope="module")
+def flux_parts():
+    return tiny_flux_components(seed=0)
+
+
+def run_pair(
+    ours, host, names, seg_args, call, sigma, cfg, guidance=5.0, text_tokens=None, token_dim=2, true_cfg_scale=None
+):
+    def fresh():
+        return dict(call, generator=torch.Generator().manual_seed(0), output_type="latent")
+
+    result = ours(**fresh(), **seg_args).images
+    grid = (call["height"] // 4, call["width"] // 4)
+    with reference_seg_transformer(
+        host.transformer,
+        names,
+        grid,
+        sigma,
+        seg_args.get("seg_scale", 3.0),
+        cfg,
+        guidance,
+        text_tokens,
+        token_dim,
+        true_cfg_scale,
+    ):
+        reference = host(**fresh()).images
+    plain = host(**fresh()).images
+    assert (result - reference).abs().max() <= TOLERANCE
+    assert (plain - reference).abs().max() > MIN_EFFECT
+    assert no_hooks_left(ours.transformer)
+    return result
+
+
+@pytest.mark.parametrize("cfg", [True, False], ids=["cfg", "no-cfg"])
+@pytest.mark.parametrize(
+    "layers, names",
+    [
+        (None, ["transformer_blocks.1.attn"]),  # default: the middle of 3 blocks
+        (["blocks.0"], ["transformer_blocks.0.attn", "transformer_blocks.0.attn2"]),  # SD3.5 dual attention
+        (["1-2"], ["transformer_blocks.1.attn", "transformer_blocks.2.attn"]),
+        ([2], ["transformer_blocks.2.attn"]),
+    ],
+    ids=["default", "dual-attention", "range", "integer"],
+)
+@pytest.mark.parametrize("sigma, size", [(1.0, (32, 48)), (math.inf, (48, 32)), (2.0, (40, 40))])
+def test_sd3_matches_reference(sd3_parts, cfg, layers, names, sigma, size):
+    from diffusers import StableDiffusion3Pipeline
+
+    ours = make_pipe(seg.StableDiffusion3SEGPipeline, sd3_parts)
+    host = make_pipe(StableDiffusion3Pipeline, sd3_parts)
+    run_pair(
+        ours,
+        host,
+        names,
+        dict(seg_scale=3.0, seg_blur_sigma=sigma, seg_applied_layers=layers),
+        dict(
+            prompt="a cube",
+            num_inference_steps=3,
+            guidance_scale=5.0 if cfg else 1.0,
+            height=size[0],
+            width=size[1],
+            max_sequence_length=TEXT,
+        ),
+        sigma,
+        cfg,
+    )
+
+
+def test_sd3_without_query_norm_blurs_to_q():
+    from diffusers import StableDiffusion3Pipeline
+
+    parts = tiny_sd3_components(seed=1, qk_norm=None)
+    ours = make_pipe(seg.StableDiffusion3SEGPipeline, parts)
+    host = make_pipe(StableDiffusion3Pipeline, parts)
+    run_pair(
+        ours,
+        host,
+        ["transformer_blocks.1.attn"],
+        dict(seg_blur_sigma=1.0, seg_applied_layers=["blocks.1"]),
+        dict(prompt="a cube", num_inference_steps=3, guidance_scale=5.0, height=32, width=48, max_sequence_length=TEXT),
+        1.0,
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    "layers, names",
+    [
+        (None, ["single_transformer_blocks.0.attn"]),  # default: the middle of double.0, single.0, single.1
+        (["double.0"], ["transformer_blocks.0.attn"]),
+        (
+            ["double.0", "single.0-1"],
+            ["transformer_blocks.0.attn", "single_transformer_blocks.0.attn", "single_transformer_blocks.1.attn"],
+        ),
+    ],
+    ids=["default-single", "double", "both-stacks"],
+)
+@pytest.mark.parametrize("sigma, size", [(1.0, (32, 48)), (math.inf, (48, 32))])
+def test_flux_matches_reference(flux_parts, layers, names, sigma, size):
+    from diffusers import FluxPipeline
+
+    ours = make_pipe(seg.FluxSEGPipeline, flux_parts)
+    host = make_pipe(FluxPipeline, flux_parts)
+    text = {name: TEXT for name in names if name.startswith("single")}
+    run_pair(
+        ours,
+        host,
+        names,
+        dict(seg_scale=3.0, seg_blur_sigma=sigma, seg_applied_layers=layers),
+        dict(prompt="a cube", num_inference_steps=3, height=size[0], width=size[1], max_sequence_length=TEXT),
+        sigma,
+        False,
+        text_tokens=text,
+        token_dim=1,
+    )
+
+
+def test_flux_true_cfg_composes_with_seg(flux_parts):
+    from diffusers import FluxPipeline
+
+    ours = make_pipe(seg.FluxSEGPipeline, flux_parts)
+    host = make_pipe(FluxPipeline, flux_parts)
+    names = ["single_transformer_blocks.1.attn"]
+    run_pair(
+        ours,
+        host,
+        names,
+        dict(seg_scale=3.0, seg_blur_sigma=2.0, seg_applied_layers=["single.1"]),
+        dict(
+            prompt="a cube",
+            negative_prompt="blurry",
+            true_cfg_scale=4.0,
+            num_inference_steps=3,
+            height=32,
+            width=32,
+            max_sequence_length=TEXT,
+        ),
+        2.0,
+        False,
+        text_tokens={names[0]: TEXT},
+        token_dim=1,
+        true_cfg_scale=4.0,
+    )
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_shared_prefix_equals_repeated_pass(sd3_parts, flux_parts, family):
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+    cls, parts, layers = (
+        (StableDiffusion3Pipeline, sd3_parts, ["blocks.2"])
+        if family == "sd3"
+        else (FluxPipeline, flux_parts, ["single.1"])
+    )
+    pipe = make_pipe(cls, parts)
+    call = dict(
+        prompt="a cube", num_inference_steps=3, height=32, width=48, max_sequence_length=TEXT, output_type="latent"
+    )
+    outputs = {}
+    for share in (True, False):
+        with seg.enable_seg(pipe, blur_sigma=1.0, layers=layers, share_prefix=share):
+            outputs[share] = pipe(**call, generator=torch.Generator().manual_seed(0)).images
+    assert (outputs[True] - outputs[False]).abs().max() <= 1e-5
+    assert no_hooks_left(pipe.transformer)
+
+
+def test_transformer_layer_errors_and_exact_matching(sd3_parts, flux_parts):
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+    sd3 = make_pipe(StableDiffusion3Pipeline, sd3_parts)
+    with pytest.raises(ValueError, match=r"Unknown layer 'mid'. Valid layers: 'blocks' \(blocks.0-blocks.2\)"):
+        seg.enable_seg(sd3, layers=["mid"])
+    with pytest.raises(ValueError, match=r"'blocks' has 3 blocks"):
+        seg.enable_seg(sd3, layers=["blocks.3"])
+    flux = make_pipe(FluxPipeline, flux_parts)
+    with pytest.raises(ValueError, match=r"ambiguous here: write the stack, e.g. double.1 or single.1"):
+        seg.enable_seg(flux, layers=["1"])
+    assert no_hooks_left(sd3.transformer) and no_hooks_left(flux.transformer)
+
+
+def test_flux_hooks_are_gone_after_an_exception(flux_parts):
+    from diffusers import FluxPipeline
+
+    pipe = make_pipe(seg.FluxSEGPipeline, flux_parts)
+    forward = pipe.transformer.forward
+
+    def fail(pipe, step, timestep, kwargs):
+        raise KeyboardInterrupt
+
+    call = dict(
+        prompt="a cube",
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        max_sequence_length=TEXT,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+    )
+    with pytest.raises(KeyboardInterrupt):
+        pipe(**call, callback_on_step_end=fail)
+    assert no_hooks_left(pipe.transformer)
+    assert pipe.transformer.forward == forward
+    plain = make_pipe(FluxPipeline, flux_parts)
+    again = dict(call, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(
+        pipe(**again, seg_scale=0.0).images, plain(**dict(call, generator=torch.Generator().manual_seed(0))).images
+    )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from smoothed_energy_guidance.cli import main
@@ -366,3 +367,75 @@ def test_single_file_checkpoint_with_local_config(tmp_path, capsys):
     code, out, err = run(capsys, "generate", *single, "--seed", 9, "--out", tmp_path / "b")
     assert code == 0, err
     assert np.array_equal(pixels(out.strip()), pixels(tmp_path / "a/seg-9.png"))
+
+
+@pytest.mark.parametrize("model", ["tiny-random-sd", "tiny-random-sd3", "tiny-random-flux"])
+def test_generate_with_every_family(tmp_path, capsys, model):
+    argv = [
+        "generate",
+        "--model",
+        model,
+        "--steps",
+        "2",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--seed",
+        1,
+        "--blur-sigma",
+        2,
+        "--out",
+        tmp_path,
+    ]
+    if model == "tiny-random-flux":
+        argv += ["--negative-prompt", "blurry", "--cfg", "3"]  # Flux: true CFG as a second pass
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    again = run(capsys, *argv[:-2], "--seg-scale", 0, "--out", tmp_path / "off")[1]
+    assert not np.array_equal(pixels(out.strip()), pixels(again.strip()))
+
+
+def test_family_is_read_from_folders_and_single_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from smoothed_energy_guidance.pipelines import detect_family, load_base_pipeline
+
+    load_base_pipeline("tiny-random-sd3").save_pretrained(tmp_path / "sd3")
+    assert detect_family(str(tmp_path / "sd3")) == "sd3"
+    assert type(load_base_pipeline(str(tmp_path / "sd3"))).__name__ == "StableDiffusion3SEGPipeline"
+    markers = {
+        "sd": "model.diffusion_model.input_blocks.0.0.weight",
+        "sdxl": "conditioner.embedders.1.model.x",
+        "sd3": "model.diffusion_model.joint_blocks.0.x",
+        "flux": "double_blocks.0.img_attn.qkv.weight",
+    }
+    for family, key in markers.items():
+        save_file({key: torch.zeros(1)}, tmp_path / f"{family}.safetensors")
+        assert detect_family(str(tmp_path / f"{family}.safetensors")) == family
+    save_file({"something.else": torch.zeros(1)}, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="not a checkpoint of a family SEG supports"):
+        detect_family(str(tmp_path / "other.safetensors"))
+
+
+def test_inpaint_is_refused_for_transformer_families(tmp_path, capsys):
+    init = picture(tmp_path / "i.png")
+    code, _, err = run(
+        capsys,
+        "generate",
+        "--model",
+        "tiny-random-sd3",
+        "--init-image",
+        init,
+        "--mask",
+        init,
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        tmp_path,
+    )
+    assert code == 2 and "Task 'inpaint' is not available for sd3 models; available: text2img, img2img" in err

@@ -227,3 +227,76 @@ def test_flux_hooks_are_gone_after_an_exception(flux_parts):
     assert torch.equal(
         pipe(**again, seg_scale=0.0).images, plain(**dict(call, generator=torch.Generator().manual_seed(0))).images
     )
+
+
+def test_sd15_pipeline_matches_the_unet_reference():
+    from diffusers import StableDiffusionPipeline
+
+    from conftest import assert_matches_reference, latents, layer_names
+    from smoothed_energy_guidance.pipelines.tiny import tiny_sd_components
+
+    parts = tiny_sd_components(seed=0)
+    ours = make_pipe(seg.StableDiffusionSEGPipeline, parts)
+    host = make_pipe(StableDiffusionPipeline, parts)
+    assert_matches_reference(
+        ours,
+        host,
+        layer_names(host.unet, "mid_block"),
+        dict(seg_scale=3.0, seg_blur_sigma=1.0),
+        lambda: dict(
+            prompt="a cube",
+            num_inference_steps=3,
+            guidance_scale=5.0,
+            latents=latents(1, 12, 20),
+            height=24,
+            width=40,
+            output_type="latent",
+        ),
+        1.0,
+        True,
+    )
+    assert_matches_reference(
+        ours,
+        host,
+        layer_names(host.unet, "down_blocks")[1:3],
+        dict(seg_blur_sigma=2.0, seg_applied_layers=["d1-d2"]),
+        lambda: dict(
+            prompt="a cube",
+            num_inference_steps=3,
+            guidance_scale=1.0,
+            latents=latents(1, 12, 20),
+            height=24,
+            width=40,
+            output_type="latent",
+        ),
+        2.0,
+        False,
+    )
+
+
+def test_from_pipe_picks_the_seg_class_for_every_family(sd3_parts, flux_parts):
+    from diffusers import DDPMPipeline, FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, UNet2DModel
+
+    from smoothed_energy_guidance.pipelines.tiny import tiny_sd_components
+
+    for host_cls, parts, seg_cls in [
+        (StableDiffusionPipeline, tiny_sd_components(), seg.StableDiffusionSEGPipeline),
+        (StableDiffusion3Pipeline, sd3_parts, seg.StableDiffusion3SEGPipeline),
+        (FluxPipeline, flux_parts, seg.FluxSEGPipeline),
+    ]:
+        host = make_pipe(host_cls, parts)
+        converted = seg.from_pipe(host)
+        assert type(converted) is seg_cls
+        assert (converted.unet if hasattr(converted, "unet") else converted.transformer) is (
+            host.unet if hasattr(host, "unet") else host.transformer
+        )
+    unet = UNet2DModel(
+        sample_size=8,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+    )
+    unsupported = DDPMPipeline(unet, None)
+    for action in (seg.from_pipe, seg.enable_seg):
+        with pytest.raises(ValueError, match="not supported: SEG supports Stable Diffusion 1.x/2.x, Stable Diffusion"):
+            action(unsupported)

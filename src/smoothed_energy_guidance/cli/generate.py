@@ -66,7 +66,10 @@ class PipelineCache:
 
 
 def default_size(pipe: Any) -> tuple[int, int]:
-    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    """The model's native size: UNet sample size, or the transformer pipeline's default, × VAE factor."""
+    unet = getattr(pipe, "unet", None)
+    sample = unet.config.sample_size if unet is not None else pipe.default_sample_size
+    side = sample * pipe.vae_scale_factor
     return side, side
 
 
@@ -100,12 +103,14 @@ def call_arguments(settings: GenerationSettings, pipe: Any, seed: int) -> dict[s
         "generator": torch.Generator(generator_device).manual_seed(seed),
         "seg_scale": settings.seg_scale,
         "seg_blur_sigma": settings.blur_sigma,
-        "seg_applied_layers": list(settings.layers),
+        "seg_applied_layers": list(settings.layers) or None,
         "seg_guidance_start": settings.seg_start,
         "seg_guidance_end": settings.seg_end,
     }
     if settings.task in ("text2img", "controlnet", "inpaint"):
         call.update(width=width, height=height)
+    if type(pipe).__name__.startswith("Flux") and settings.negative_prompt and settings.cfg > 1:
+        call["true_cfg_scale"] = settings.cfg  # Flux's CFG is a second, negative-prompt pass
     if settings.init_image:
         call.update(image=open_image(settings.init_image), strength=settings.strength)
     if settings.mask:

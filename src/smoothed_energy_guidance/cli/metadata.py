@@ -17,6 +17,7 @@ from .settings import GenerationSettings
 JSON_KEY = "seg-settings"
 A1111_KEY = "parameters"
 SAMPLER_NAMES = {
+    "default": ("Default", None),
     "euler": ("Euler", None),
     "euler-a": ("Euler a", None),
     "dpm++2m": ("DPM++ 2M", None),
@@ -44,7 +45,7 @@ def infotext(settings: GenerationSettings, size: tuple[int, int]) -> str:
         ("Model", Path(settings.model).name or settings.model),
         ("SEG scale", settings.seg_scale),
         ("SEG blur sigma", "inf" if math.isinf(settings.blur_sigma) else settings.blur_sigma),
-        ("SEG layers", " ".join(settings.layers)),
+        ("SEG layers", " ".join(settings.layers) or "default"),
         ("SEG interval", f"{settings.seg_start}-{settings.seg_end}"),
     ]
     if settings.init_image:

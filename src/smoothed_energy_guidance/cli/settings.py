@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..pipelines import DEFAULT_MODEL
@@ -23,12 +23,12 @@ class GenerationSettings:
     cfg: float = 5.0
     seg_scale: float = 3.0
     blur_sigma: float = math.inf
-    layers: tuple[str, ...] = field(default=("mid",))
+    layers: tuple[str, ...] = ()  # empty: the model family's default (mid for UNets)
     seg_start: float = 0.0
     seg_end: float = 1.0
     seed: int = 0
     num_images: int = 1
-    scheduler: str = "euler"
+    scheduler: str = "default"
     loras: tuple[tuple[str, float], ...] = ()
     controlnet: str | None = None
     control_image: str | None = None

@@ -72,7 +72,9 @@ def _pag_image(pipe: Any, settings: GenerationSettings, pag_cache: dict) -> Imag
         raise ValueError("The 'pag' baseline is available for text-to-image sweeps only.")
     key = id(pipe)
     if key not in pag_cache:
-        pag_cache[key] = StableDiffusionXLPAGPipeline.from_pipe(pipe, pag_applied_layers=list(settings.layers))
+        pag_cache[key] = StableDiffusionXLPAGPipeline.from_pipe(
+            pipe, pag_applied_layers=list(settings.layers or ["mid"])
+        )
     call = {k: v for k, v in call_arguments(settings, pipe, settings.seed).items() if not k.startswith("seg_")}
     return pag_cache[key](**call, pag_scale=settings.seg_scale or 3.0).images[0]
 

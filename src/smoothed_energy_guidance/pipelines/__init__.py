@@ -9,10 +9,13 @@ from .dit import (
 from .enable import SUPPORTED_FAMILIES, enable_seg, from_pipe
 from .loading import (
     DEFAULT_MODEL,
+    FAMILY_TASKS,
     SCHEDULERS,
+    TINY_MODELS,
     TINY_RANDOM,
     ModelLoadError,
     apply_loras,
+    detect_family,
     load_base_pipeline,
     load_controlnet,
     load_pipeline,
@@ -48,6 +51,9 @@ __all__ = [
     "StableDiffusionSEGPipeline",
     "from_pipe",
     "DEFAULT_MODEL",
+    "FAMILY_TASKS",
+    "TINY_MODELS",
+    "detect_family",
     "SCHEDULERS",
     "TINY_RANDOM",
     "ModelLoadError",

@@ -44,12 +44,18 @@ def enable_seg(
             prompt, so that SEG adds exactly ``s·(cond − perturbed)`` on top of true CFG.
     """
     config = SegConfig(scale=scale, blur_sigma=blur_sigma, layers=layers, start=start, end=end)
-    if isinstance(getattr(pipe, "unet", None), nn.Module):
+    unet = getattr(pipe, "unet", None)
+    if isinstance(unet, nn.Module) and _is_conditional_unet(getattr(unet, "_orig_mod", unet)):
         return enable_seg_unet(pipe, config, share_prefix)
     transformer = getattr(pipe, "transformer", None)
     if isinstance(transformer, nn.Module) and transformer_family(getattr(transformer, "_orig_mod", transformer)):
         return enable_seg_transformer(pipe, config, share_prefix, true_cfg_scale)
     raise ValueError(f"{type(pipe).__name__} is not supported: SEG supports {SUPPORTED_FAMILIES} pipelines.")
+
+
+def _is_conditional_unet(model: nn.Module) -> bool:
+    """A diffusers UNet2DConditionModel (or subclass): SD / SDXL and their fine-tunes."""
+    return any(cls.__name__ == "UNet2DConditionModel" for cls in type(model).__mro__)
 
 
 def seg_pipeline_class(pipe: Any) -> type:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -18,15 +19,13 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from .sdxl import (
-    StableDiffusionXLControlNetSEGPipeline,
-    StableDiffusionXLSEGImg2ImgPipeline,
-    StableDiffusionXLSEGInpaintPipeline,
-    StableDiffusionXLSEGPipeline,
-)
+from . import dit, sd, sdxl
+from .enable import SUPPORTED_FAMILIES
 
 #: Built-in offline model: a tiny SDXL-architecture pipeline with random weights.
 TINY_RANDOM = "tiny-random"
+#: Tiny random models of every family, for offline checks: name → family.
+TINY_MODELS = {TINY_RANDOM: "sdxl", "tiny-random-sd": "sd", "tiny-random-sd3": "sd3", "tiny-random-flux": "flux"}
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 
 SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
@@ -38,12 +37,92 @@ SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
     "unipc": (UniPCMultistepScheduler, {}),
 }
 
-TASK_CLASSES = {
-    "text2img": StableDiffusionXLSEGPipeline,
-    "img2img": StableDiffusionXLSEGImg2ImgPipeline,
-    "inpaint": StableDiffusionXLSEGInpaintPipeline,
-    "controlnet": StableDiffusionXLControlNetSEGPipeline,
+#: The SEG pipeline class of each family and task.
+FAMILY_TASKS: dict[str, dict[str, type]] = {
+    "sdxl": {
+        "text2img": sdxl.StableDiffusionXLSEGPipeline,
+        "img2img": sdxl.StableDiffusionXLSEGImg2ImgPipeline,
+        "inpaint": sdxl.StableDiffusionXLSEGInpaintPipeline,
+        "controlnet": sdxl.StableDiffusionXLControlNetSEGPipeline,
+    },
+    "sd": {
+        "text2img": sd.StableDiffusionSEGPipeline,
+        "img2img": sd.StableDiffusionSEGImg2ImgPipeline,
+        "inpaint": sd.StableDiffusionSEGInpaintPipeline,
+        "controlnet": sd.StableDiffusionControlNetSEGPipeline,
+    },
+    "sd3": {"text2img": dit.StableDiffusion3SEGPipeline, "img2img": dit.StableDiffusion3SEGImg2ImgPipeline},
+    "flux": {"text2img": dit.FluxSEGPipeline, "img2img": dit.FluxSEGImg2ImgPipeline},
 }
+TASK_CLASSES = FAMILY_TASKS["sdxl"]
+# single-file key markers, checked in this order
+_SINGLE_FILE_MARKERS = (
+    ("sdxl", "conditioner.embedders.1."),
+    ("sd3", "joint_blocks."),
+    ("flux", "double_blocks."),
+    ("sd", "model.diffusion_model.input_blocks."),
+)
+
+
+def family_of_class_name(name: str) -> str | None:
+    """``StableDiffusionXLPipeline`` → ``sdxl`` and so on; None for other pipelines."""
+    if name.startswith("StableDiffusionXL"):
+        return "sdxl"
+    if name.startswith("StableDiffusion3"):
+        return "sd3"
+    if name.startswith("Flux"):
+        return "flux"
+    if name.startswith("StableDiffusion"):
+        return "sd"
+    return None
+
+
+def family_of_pipeline(pipe: Any) -> str:
+    for cls in type(pipe).__mro__:
+        family = family_of_class_name(cls.__name__)
+        if family:
+            return family
+    raise ValueError(f"{type(pipe).__name__} is not a pipeline of a family SEG supports.")
+
+
+def detect_family(model: str) -> str:
+    """The family of a model given as tiny name, folder, single file or hub id, read from the model."""
+    if model in TINY_MODELS:
+        return TINY_MODELS[model]
+    path = Path(model).expanduser()
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.exists():
+            raise ModelLoadError(f"{path} is a folder but not a diffusers pipeline (no model_index.json).")
+        return _family_from_index(json.loads(index.read_text(encoding="utf-8")), str(path))
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            return "sdxl"  # pickle files are only read after the explicit opt-in; SDXL is the default
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+        for family, marker in _SINGLE_FILE_MARKERS:
+            if any(marker in key for key in keys):
+                return family
+        raise ModelLoadError(f"{path.name} is not a checkpoint of a family SEG supports ({SUPPORTED_FAMILIES}).")
+    try:
+        from diffusers import DiffusionPipeline
+
+        return _family_from_index(DiffusionPipeline.load_config(model), model)
+    except (OSError, ValueError) as error:
+        if isinstance(error, ModelLoadError):
+            raise
+        raise _not_found(model, error) from error
+
+
+def _family_from_index(index: dict, where: str) -> str:
+    name = index.get("_class_name", "")
+    family = family_of_class_name(name)
+    if family is None:
+        raise ModelLoadError(f"{where} holds a {name or 'unknown'} pipeline; SEG supports {SUPPORTED_FAMILIES}.")
+    return family
+
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -83,9 +162,21 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 
 def set_scheduler(pipe: Any, name: str) -> None:
-    """Swap the pipeline's scheduler for one of :data:`SCHEDULERS`, keeping its config."""
+    """Swap the pipeline's scheduler for one of :data:`SCHEDULERS`, keeping its config.
+
+    ``"default"`` keeps the model's own. Flow-matching models (SD3, Flux) keep theirs for
+    ``"euler"`` too, which is what their scheduler is.
+    """
+    if name == "default":
+        return
     if name not in SCHEDULERS:
-        raise ValueError(f"Unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}.")
+        raise ValueError(f"Unknown scheduler {name!r}; choose default or one of {', '.join(SCHEDULERS)}.")
+    if type(pipe.scheduler).__name__.startswith("FlowMatch"):
+        if name == "euler":
+            return
+        raise ValueError(
+            f"This model samples with flow matching; --scheduler {name} does not apply to it. Use --scheduler default."
+        )
     cls, overrides = SCHEDULERS[name]
     pipe.scheduler = cls.from_config(pipe.scheduler.config, **overrides)
 
@@ -117,13 +208,20 @@ def load_base_pipeline(
     dtype: torch.dtype = torch.float32,
     config: str | None = None,
     allow_pickle: bool = False,
-) -> StableDiffusionXLSEGPipeline:
-    """The text-to-image SEG pipeline of ``model``, on the CPU; see :func:`load_pipeline`."""
-    cls = StableDiffusionXLSEGPipeline
-    if model == TINY_RANDOM:
-        from .tiny import tiny_sdxl_components
+) -> Any:
+    """The text-to-image SEG pipeline of ``model``'s family, on the CPU; see :func:`load_pipeline`."""
+    family = detect_family(model)
+    cls = FAMILY_TASKS[family]["text2img"]
+    if model in TINY_MODELS:
+        from . import tiny
 
-        pipe = cls(**tiny_sdxl_components(seed=0))
+        builders = {
+            "sdxl": tiny.tiny_sdxl_components,
+            "sd": tiny.tiny_sd_components,
+            "sd3": tiny.tiny_sd3_components,
+            "flux": tiny.tiny_flux_components,
+        }
+        pipe = cls(**builders[family](seed=0))
         return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
     path = Path(model).expanduser()
     if path.is_dir():
@@ -148,17 +246,19 @@ def load_base_pipeline(
 
 def pipeline_for_task(base: Any, task: str, controlnet: str | Sequence[str] | None = None) -> Any:
     """A pipeline for ``task`` sharing ``base``'s components (no second load)."""
-    if task not in TASK_CLASSES:
-        raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(TASK_CLASSES)}.")
+    family = family_of_pipeline(base)
+    tasks = FAMILY_TASKS[family]
+    if task not in tasks:
+        raise ValueError(f"Task {task!r} is not available for {family} models; available: {', '.join(tasks)}.")
     if (task == "controlnet") != (controlnet is not None):
         raise ValueError("Pass a ControlNet exactly when the task is 'controlnet'.")
     if task == "text2img":
         return base
     if task != "controlnet":
-        return TASK_CLASSES[task].from_pipe(base)
+        return tasks[task].from_pipe(base)
     names = [controlnet] if isinstance(controlnet, str) else list(controlnet)
     nets = [load_controlnet(name, base.unet, base.unet.dtype).to(base.unet.device) for name in names]
-    return TASK_CLASSES[task].from_pipe(base, controlnet=nets[0] if len(nets) == 1 else nets)
+    return tasks[task].from_pipe(base, controlnet=nets[0] if len(nets) == 1 else nets)
 
 
 def apply_loras(pipe: Any, loras: Sequence[tuple[str, float]]) -> None:
@@ -184,11 +284,13 @@ def load_pipeline(
     config: str | None = None,
     allow_pickle: bool = False,
 ) -> Any:
-    """Load an SDXL SEG pipeline for ``task`` (text2img, img2img, inpaint or controlnet).
+    """Load a SEG pipeline for ``task`` (text2img, img2img; inpaint and controlnet for SD / SDXL).
 
     ``model`` is a hub id, a local diffusers folder, a ``.safetensors`` single-file checkpoint
     (``config`` names a local diffusers folder to read its configuration from, for offline use)
-    or ``"tiny-random"``. Pickle checkpoints are refused unless ``allow_pickle``.
+    or a tiny random model (``"tiny-random"``, ``"tiny-random-sd"``, ``"tiny-random-sd3"``,
+    ``"tiny-random-flux"``). The family (SD 1.x/2.x, SDXL, SD3, Flux) is read from the model.
+    Pickle checkpoints are refused unless ``allow_pickle``.
     """
     torch_device = resolve_device(device)
     base = load_base_pipeline(model, resolve_dtype(dtype, torch_device), config, allow_pickle)

@@ -48,13 +48,22 @@ def test_only_pipelines_import_diffusers_and_transformers():
     for path in PACKAGE.rglob("*.py"):
         heavy = imports(path) & {"diffusers", "transformers", "peft", "accelerate"}
         inside_pipelines = path.parent.name == "pipelines"
-        inside_cli = path.parent.name == "cli"
+        inside_cli = path.parent.name in ("cli", "ui")
         if heavy and not inside_pipelines:
             # the CLI may use accelerate for process sharding and diffusers' own PAG baseline pipeline
             assert inside_cli and heavy <= {"accelerate", "diffusers"}, f"{path.name} imports {sorted(heavy)}"
 
 
-def test_cli_uses_only_the_public_api():
+def test_cli_and_ui_use_only_the_public_api():
     for path in module_files("cli"):
         parents = {m for m in imports(path) if m.startswith("..")}
-        assert parents <= {"..", "..pipelines"}, f"cli/{path.name} reaches into {sorted(parents)}"
+        assert parents <= {"..", "..pipelines", "..ui"}, f"cli/{path.name} reaches into {sorted(parents)}"
+    for path in module_files("ui"):
+        parents = {m for m in imports(path) if m.startswith("..")}
+        assert all(p in ("..", "..pipelines") or p.startswith("..cli") for p in parents), (path.name, parents)
+
+
+def test_gradio_is_imported_by_the_ui_only():
+    for path in PACKAGE.rglob("*.py"):
+        if "gradio" in imports(path):
+            assert path.parent.name == "ui", path

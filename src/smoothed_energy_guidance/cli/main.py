@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..pipelines import DEFAULT_MODEL, SCHEDULERS, ModelLoadError
+from ..pipelines import DEFAULT_MODEL, SCHEDULERS, TINY_RANDOM, ModelLoadError
 from .settings import GenerationSettings, parse_layers, parse_lora, parse_sigma
 
 # option → (settings field, parser); options left out on the command line keep their defaults
@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(batch)
     info = commands.add_parser("info", help="print the settings stored in a PNG")
     info.add_argument("image", type=Path)
+    ui = commands.add_parser("ui", help="web UI for side-by-side comparisons (needs the [ui] extra)")
+    ui.add_argument("--model", default=TINY_RANDOM, help=f"model shown first (default {TINY_RANDOM})")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
+    ui.add_argument("--share", action="store_true", help="also open a public Gradio sharing link (off by default)")
+    ui.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     demo = commands.add_parser("demo", help="offline comparison grid on the bundled model")
     demo.add_argument("--out", type=Path, default=Path("outputs"))
     demo.add_argument("--overwrite", action="store_true")
@@ -172,7 +178,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "sweep": cmd_sweep, "batch": cmd_batch, "info": cmd_info, "demo": cmd_demo}
+def cmd_ui(args: argparse.Namespace) -> int:
+    try:
+        from ..ui import launch
+    except ImportError as error:
+        raise ValueError(f"The web UI needs Gradio: pip install 'smoothed-energy-guidance[ui]' ({error}).") from None
+    launch(args.model, host=args.host, port=args.port, share=args.share, device=args.device)
+    return 0
+
+
+COMMANDS = {
+    "generate": cmd_generate,
+    "sweep": cmd_sweep,
+    "batch": cmd_batch,
+    "info": cmd_info,
+    "demo": cmd_demo,
+    "ui": cmd_ui,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,121 @@
+"""The Gradio page: form, Compare, Sweep, drop-a-PNG, messages for errors."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ..pipelines import TINY_RANDOM
+from .actions import SIGMA_STEPS, Form, Studio, describe_error, form_from_png, form_values, sigma_from_slider
+
+INTRO = (
+    "**Smoothed Energy Guidance** pushes a sample away from a prediction whose self-attention queries are "
+    "blurred by a Gaussian of width σ. *Compare* shows the same seed without and with SEG; *Sweep* shows "
+    "σ = 1, 4, 16, 64, ∞. Every image downloads as a PNG carrying its settings; drop such a PNG below to "
+    "load them back."
+)
+
+
+def _guarded(action):
+    """Turn errors into messages on the page; the app keeps serving."""
+
+    @functools.wraps(action)  # Gradio reads the signature to pass its progress tracker
+    def run(*values: Any, **kwargs: Any):
+        try:
+            return action(*values, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as error:  # noqa: BLE001 - every failure becomes a message for the user
+            raise gr.Error(describe_error(error)) from error
+
+    return run
+
+
+def build_app(default_model: str = TINY_RANDOM, studio: Studio | None = None) -> gr.Blocks:
+    """The page; ``studio`` holds the loaded models and output folder."""
+    studio = studio or Studio()
+    with gr.Blocks(title="Smoothed Energy Guidance") as app:
+        gr.Markdown(INTRO)
+        with gr.Row():
+            with gr.Column(scale=2):
+                model = gr.Textbox(
+                    default_model, label="Model (hub id, folder, .safetensors, tiny-random…)", elem_id="model"
+                )
+                prompt = gr.Textbox("a red cube on a wooden table", label="Prompt", lines=2, elem_id="prompt")
+                negative = gr.Textbox("", label="Negative prompt", elem_id="negative")
+                with gr.Row():
+                    width = gr.Number(64, label="Width", precision=0, elem_id="width")
+                    height = gr.Number(64, label="Height", precision=0, elem_id="height")
+                    steps = gr.Number(20, label="Steps", precision=0, elem_id="steps")
+                    cfg = gr.Number(5.0, label="CFG scale", elem_id="cfg")
+                    seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
+            with gr.Column(scale=1):
+                seg_scale = gr.Slider(0, 10, 3.0, step=0.1, label="SEG scale", elem_id="seg-scale")
+                sigma = gr.Slider(
+                    0,
+                    SIGMA_STEPS,
+                    SIGMA_STEPS,
+                    step=0.5,
+                    elem_id="sigma",
+                    label=f"Blur σ = 2^position ({SIGMA_STEPS} = ∞)",
+                )
+                sigma_text = gr.Markdown("σ = ∞ (uniform queries)")
+                layers = gr.Textbox(
+                    "", label="Layers (empty: model default, e.g. mid, d4-d9, blocks.7)", elem_id="layers"
+                )
+                with gr.Row():
+                    start = gr.Slider(0, 1, 0.0, step=0.05, label="SEG from", elem_id="seg-start")
+                    end = gr.Slider(0, 1, 1.0, step=0.05, label="SEG until", elem_id="seg-end")
+        with gr.Row():
+            compare_button = gr.Button("Compare", variant="primary", elem_id="compare")
+            sweep_button = gr.Button("Sweep σ", elem_id="sweep")
+        with gr.Row():
+            without_image = gr.Image(
+                label="Without SEG", type="filepath", format="png", height=320, elem_id="without-seg"
+            )
+            with_image = gr.Image(label="With SEG", type="filepath", format="png", height=320, elem_id="with-seg")
+        gallery = gr.Gallery(label="σ sweep", columns=6, format="png", height=260, elem_id="gallery")
+        downloads = gr.File(label="PNG files with their settings", file_count="multiple", elem_id="downloads")
+        dropped = gr.File(label="Drop a PNG made by seg to load its settings", file_types=[".png"], elem_id="drop-png")
+
+        fields = [model, prompt, negative, width, height, steps, cfg, seed, seg_scale, sigma, layers, start, end]
+
+        def compare(*values: Any, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's idiom)
+            without, with_seg = studio.compare(Form(*values))
+            return str(without), str(with_seg), [str(without), str(with_seg)]
+
+        def sweep(*values: Any, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+            cells = studio.sweep(Form(*values))
+            return [(str(path), label) for path, label in cells], [str(path) for path, _ in cells]
+
+        def load(file: Any):
+            if file is None:
+                return [gr.update() for _ in fields]
+            return form_values(form_from_png(Path(getattr(file, "name", file))))
+
+        def show_sigma(position: float) -> str:
+            value = sigma_from_slider(position)
+            return "σ = ∞ (uniform queries)" if value == float("inf") else f"σ = {value:g}"
+
+        compare_button.click(_guarded(compare), fields, [without_image, with_image, downloads])
+        sweep_button.click(_guarded(sweep), fields, [gallery, downloads])
+        dropped.upload(_guarded(load), dropped, fields)
+        sigma.change(show_sigma, sigma, sigma_text)
+    return app
+
+
+def launch(
+    model: str = TINY_RANDOM,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    share: bool = False,
+    device: str = "auto",
+    block: bool = True,
+) -> gr.Blocks:
+    """Start the app on ``host`` (loopback unless asked otherwise); sharing links are off by default."""
+    app = build_app(model, Studio(device=device))
+    app.queue().launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, show_error=True)
+    return app

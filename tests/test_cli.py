@@ -348,9 +348,20 @@ def test_batch_shards_over_two_processes(tmp_path):
 def test_demo_writes_a_grid_and_explains_it(tmp_path, capsys):
     code, out, _ = run(capsys, "demo", "--out", tmp_path, "--quiet")
     assert code == 0
-    assert "random weights" in out and "σ = 1, 4, 16 and ∞" in out
+    assert "'seg-toy' model" in out and "σ = 1, 4, 16, ∞" in out and "empty prompt" in out
     path = Path(out.split("Wrote ")[1].split(":")[0])
-    assert path.exists() and read_png_settings(path)[1]["demo"][0] == "no SEG"
+    record = read_png_settings(path)[1]
+    assert record["demo"] == [
+        "vanilla",
+        "CFG 5",
+        "SEG sigma=1",
+        "SEG sigma=4",
+        "SEG sigma=16",
+        "SEG sigma=inf",
+        "CFG+SEG",
+    ]
+    width, height = Image.open(path).size
+    assert width >= 7 * 32 and height >= 4 * 32
 
 
 def test_single_file_checkpoint_with_local_config(tmp_path, capsys):

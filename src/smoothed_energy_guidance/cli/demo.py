@@ -4,47 +4,53 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-from ..pipelines import TINY_RANDOM
-from .generate import PipelineCache
+from ..pipelines import TOY_MODEL
+from .generate import PipelineCache, call_arguments
 from .grid import labelled_grid
-from .metadata import save_png
+from .metadata import free_path, save_png
 from .settings import GenerationSettings
-from .sweep import parse_axis, run_sweep
 
-DEMO_SETTINGS = GenerationSettings(
-    prompt="a red cube on a wooden table",
-    model=TINY_RANDOM,
-    width=64,
-    height=64,
-    steps=20,
-    cfg=5.0,
-    seg_scale=3.0,
-    seed=0,
+DEMO_PROMPTS = (
+    "a red circle on the left, green ground, blue sky",
+    "a yellow triangle on the center, sand ground, night sky",
+    "a cyan square on the right, snow ground, orange sky",
+    "",
 )
-DEMO_SIGMAS = "blur-sigma=1,4,16,inf"
+# column label → changes to the base settings (CFG off, SEG off)
+DEMO_COLUMNS = (
+    ("vanilla", {}),
+    ("CFG 5", {"cfg": 5.0}),
+    ("SEG sigma=1", {"seg_scale": 3.0, "blur_sigma": 1.0}),
+    ("SEG sigma=4", {"seg_scale": 3.0, "blur_sigma": 4.0}),
+    ("SEG sigma=16", {"seg_scale": 3.0, "blur_sigma": 16.0}),
+    ("SEG sigma=inf", {"seg_scale": 3.0}),
+    ("CFG+SEG", {"cfg": 5.0, "seg_scale": 3.0}),
+)
+DEMO_SETTINGS = GenerationSettings(model=TOY_MODEL, width=32, height=32, steps=25, cfg=1.0, seg_scale=0.0, seed=0)
 
 
-def run_demo(out: Path, progress: bool = True, overwrite: bool = False) -> tuple[Path, str]:
-    """Write the demo grid and return it with a sentence describing it."""
-    cache = PipelineCache(device="cpu", progress=progress)
-    axis = parse_axis(DEMO_SIGMAS)
-    sweep_grid, cells = run_sweep(cache, DEMO_SETTINGS, axis, None, ("vanilla",), out, overwrite)
-    images = [Image.open(path).convert("RGB") for path in cells]
-    pixels = [np.asarray(image, dtype=np.float32) for image in images]
-    differences = [np.abs(cell - pixels[0]).mean(axis=-1) for cell in pixels]
-    brightest = max(float(d.max()) for d in differences) or 1.0
-    difference_images = [Image.fromarray((255 * d / brightest).astype(np.uint8)).convert("RGB") for d in differences]
-    labels = ["no SEG", *(f"SEG sigma={label}" for label in axis.labels)]
-    grid = labelled_grid([images, difference_images], labels, ["image", "|change|"])
-    path = save_png(grid, sweep_grid.with_name("demo.png"), DEMO_SETTINGS, {"demo": labels})
-    changes = ", ".join(f"σ={label}: {d.mean():.2f}" for label, d in zip(axis.labels, differences[1:], strict=True))
+def run_demo(
+    out: Path, progress: bool = True, overwrite: bool = False, base: GenerationSettings = DEMO_SETTINGS
+) -> tuple[Path, str]:
+    """Write the demo grid (one row per prompt, one column per setting) and describe it."""
+    cache = PipelineCache(device="cpu", progress=False)
+    pipe = cache.pipeline(base)
+    rows: list[list[Image.Image]] = []
+    for prompt in DEMO_PROMPTS:
+        row = []
+        for _, changes in DEMO_COLUMNS:
+            settings = base.replace(prompt=prompt, **changes)
+            row.append(pipe(**call_arguments(settings, pipe, settings.seed)).images[0])
+        rows.append(row)
+    grid = labelled_grid(
+        rows, [label for label, _ in DEMO_COLUMNS], [p.split(",")[0] if p else "(empty prompt)" for p in DEMO_PROMPTS]
+    )
+    path = save_png(grid, free_path(out / "demo.png", overwrite), base, {"demo": [c for c, _ in DEMO_COLUMNS]})
     message = (
-        f"Wrote {path}: the same seed without SEG (left) and with SEG (scale 3) at σ = 1, 4, 16 and ∞; the "
-        f"second row maps where SEG changed the image. The bundled '{TINY_RANDOM}' model has random weights, "
-        f"so its images are noise patterns, not pictures: the grid shows only how SEG moves a sample "
-        f"(mean change per pixel, 0-255: {changes}). Use `seg generate --model <SDXL model>` for real images."
+        f"Wrote {path}: the bundled '{base.model}' model (procedural scenes), same seed in every cell; columns "
+        "are no guidance, CFG, SEG (scale 3) at blur σ = 1, 4, 16, ∞, and CFG with SEG. SEG needs no prompt: "
+        "compare the last row, the empty prompt, where CFG can do nothing."
     )
     return path, message

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..pipelines import DEFAULT_MODEL, SCHEDULERS, TINY_RANDOM, ModelLoadError
+from ..pipelines import DEFAULT_MODEL, SCHEDULERS, TOY_MODEL, ModelLoadError
 from .settings import GenerationSettings, parse_layers, parse_lora, parse_sigma
 
 # option → (settings field, parser); options left out on the command line keep their defaults
@@ -89,11 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="print the settings stored in a PNG")
     info.add_argument("image", type=Path)
     ui = commands.add_parser("ui", help="web UI for side-by-side comparisons (needs the [ui] extra)")
-    ui.add_argument("--model", default=TINY_RANDOM, help=f"model shown first (default {TINY_RANDOM})")
+    ui.add_argument("--model", default=TOY_MODEL, help=f"model shown first (default: the bundled {TOY_MODEL})")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
     ui.add_argument("--share", action="store_true", help="also open a public Gradio sharing link (off by default)")
     ui.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    evaluate = commands.add_parser("eval", help="quality of SEG on the bundled model: FD, precision/recall, adherence")
+    evaluate.add_argument("--samples", type=int, default=256, help="images per setting (default 256)")
+    evaluate.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--model-dir", type=Path, default=None, help="a toy model folder (default: bundled)")
+    evaluate.add_argument("--out", type=Path, default=Path("benchmarks/QUALITY.md"), help="where the table goes")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("--model", help="a real model: compute FID and CLIP score on --prompts and --reference")
+    evaluate.add_argument("--prompts", type=Path, help="a .txt file, one prompt per line (with --model)")
+    evaluate.add_argument("--reference", type=Path, help="a folder of reference images for FID (with --model)")
+    evaluate.add_argument("--size", type=int, default=1024, help="image size for --model (default 1024)")
+    evaluate.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     demo = commands.add_parser("demo", help="offline comparison grid on the bundled model")
     demo.add_argument("--out", type=Path, default=Path("outputs"))
     demo.add_argument("--overwrite", action="store_true")
@@ -170,6 +182,53 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_real(args: argparse.Namespace) -> int:
+    from ..metrics import evaluate_prompts, load_reference_images, metrics_table
+    from ..pipelines import load_pipeline
+
+    if not args.prompts or not args.reference:
+        raise ValueError("seg eval --model needs --prompts FILE.txt and --reference FOLDER.")
+    prompts = [line.strip() for line in args.prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
+    pipe = load_pipeline(args.model, device=args.device)
+    pipe.set_progress_bar_config(disable=True)
+    rows = evaluate_prompts(
+        pipe,
+        prompts,
+        load_reference_images(args.reference, args.size),
+        seed=args.seed,
+        call={"num_inference_steps": args.steps, "height": args.size, "width": args.size},
+        progress=not args.quiet,
+    )
+    table = metrics_table(rows, args.model, len(prompts))
+    print(table)
+    if args.out != Path("benchmarks/QUALITY.md"):
+        args.out.write_text(table, encoding="utf-8")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.model:
+        return cmd_eval_real(args)
+    from ..toy.evaluate import evaluate, quality_table
+    from ..toy.model import MODEL_DIR
+
+    model_dir = args.model_dir or MODEL_DIR
+    results = evaluate(
+        model_dir,
+        model_dir.parent / "scene-features.safetensors",
+        args.samples,
+        args.steps,
+        args.seed,
+        progress=not args.quiet,
+    )
+    table = quality_table(results, args.samples, args.steps)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table, encoding="utf-8")
+    print(table)
+    print(f"written to {args.out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -193,6 +252,7 @@ COMMANDS = {
     "batch": cmd_batch,
     "info": cmd_info,
     "demo": cmd_demo,
+    "eval": cmd_eval,
     "ui": cmd_ui,
 }
 

@@ -24,6 +24,9 @@ from .enable import SUPPORTED_FAMILIES
 
 #: Built-in offline model: a tiny SDXL-architecture pipeline with random weights.
 TINY_RANDOM = "tiny-random"
+#: The project's own small trained model (procedural scenes, 32×32), shipped with the package.
+TOY_MODEL = "seg-toy"
+TOY_MODEL_DIR = Path(__file__).resolve().parents[1] / "toy" / "weights" / "seg-toy"
 #: Tiny random models of every family, for offline checks: name → family.
 TINY_MODELS = {TINY_RANDOM: "sdxl", "tiny-random-sd": "sd", "tiny-random-sd3": "sd3", "tiny-random-flux": "flux"}
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -89,6 +92,8 @@ def detect_family(model: str) -> str:
     """The family of a model given as tiny name, folder, single file or hub id, read from the model."""
     if model in TINY_MODELS:
         return TINY_MODELS[model]
+    if model == TOY_MODEL:
+        return "sdxl"
     path = Path(model).expanduser()
     if path.is_dir():
         index = path / "model_index.json"
@@ -212,6 +217,13 @@ def load_base_pipeline(
     """The text-to-image SEG pipeline of ``model``'s family, on the CPU; see :func:`load_pipeline`."""
     family = detect_family(model)
     cls = FAMILY_TASKS[family]["text2img"]
+    if model == TOY_MODEL:
+        if not (TOY_MODEL_DIR / "model_index.json").exists():
+            raise ModelLoadError(
+                f"The bundled model's weights are missing from {TOY_MODEL_DIR}; "
+                "run `python scripts/train_toy_model.py` to train them."
+            )
+        return cls.from_pretrained(TOY_MODEL_DIR, torch_dtype=dtype)
     if model in TINY_MODELS:
         from . import tiny
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..pipelines import TINY_RANDOM
+from ..pipelines import TOY_MODEL
 from .actions import SIGMA_STEPS, Form, Studio, describe_error, form_from_png, form_values, sigma_from_slider
 
 INTRO = (
@@ -34,7 +34,7 @@ def _guarded(action):
     return run
 
 
-def build_app(default_model: str = TINY_RANDOM, studio: Studio | None = None) -> gr.Blocks:
+def build_app(default_model: str = TOY_MODEL, studio: Studio | None = None) -> gr.Blocks:
     """The page; ``studio`` holds the loaded models and output folder."""
     studio = studio or Studio()
     with gr.Blocks(title="Smoothed Energy Guidance") as app:
@@ -44,12 +44,14 @@ def build_app(default_model: str = TINY_RANDOM, studio: Studio | None = None) ->
                 model = gr.Textbox(
                     default_model, label="Model (hub id, folder, .safetensors, tiny-random…)", elem_id="model"
                 )
-                prompt = gr.Textbox("a red cube on a wooden table", label="Prompt", lines=2, elem_id="prompt")
+                prompt = gr.Textbox(
+                    "a red circle on the left, green ground, blue sky", label="Prompt", lines=2, elem_id="prompt"
+                )
                 negative = gr.Textbox("", label="Negative prompt", elem_id="negative")
                 with gr.Row():
-                    width = gr.Number(64, label="Width", precision=0, elem_id="width")
-                    height = gr.Number(64, label="Height", precision=0, elem_id="height")
-                    steps = gr.Number(20, label="Steps", precision=0, elem_id="steps")
+                    width = gr.Number(32, label="Width", precision=0, elem_id="width")
+                    height = gr.Number(32, label="Height", precision=0, elem_id="height")
+                    steps = gr.Number(25, label="Steps", precision=0, elem_id="steps")
                     cfg = gr.Number(5.0, label="CFG scale", elem_id="cfg")
                     seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
             with gr.Column(scale=1):
@@ -108,7 +110,7 @@ def build_app(default_model: str = TINY_RANDOM, studio: Studio | None = None) ->
 
 
 def launch(
-    model: str = TINY_RANDOM,
+    model: str = TOY_MODEL,
     host: str = "127.0.0.1",
     port: int | None = None,
     share: bool = False,

@@ -1,0 +1,143 @@
+"""Train the toy model end to end: VAE, then text encoders + UNet with caption dropout, then the
+scene-feature network used by the quality evaluation. Deterministic for a fixed seed.
+
+    python scripts/train_toy_model.py              # the shipped weights (about 30 minutes on 2 cores)
+    python scripts/train_toy_model.py --smoke      # one minute, for tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .features import train_features
+from .model import MODEL_DIR, TIME_IDS, encode_captions, toy_components, training_noise_scheduler
+from .scenes import make_batch
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    vae_steps: int = 800
+    unet_steps: int = 3500
+    feature_steps: int = 800
+    batch: int = 32
+    vae_lr: float = 1e-3
+    unet_lr: float = 5e-4
+    caption_dropout: float = 0.15
+    out: Path = MODEL_DIR
+
+    @classmethod
+    def smoke(cls, out: Path) -> TrainConfig:
+        return cls(vae_steps=15, unet_steps=15, feature_steps=15, batch=8, out=out)
+
+
+def _batches(rng: np.random.Generator, batch: int):
+    while True:
+        images, scenes = make_batch(rng, batch)
+        yield torch.from_numpy(images), scenes
+
+
+def train_vae(vae, config: TrainConfig, rng: np.random.Generator, progress: bool) -> float:
+    """Reconstruction + a small KL term; returns the latent scaling factor (1 / latent std)."""
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
+    batches = _batches(rng, config.batch)
+    for _ in tqdm(range(config.vae_steps), desc="vae", disable=not progress):
+        images, _ = next(batches)
+        posterior = vae.encode(images).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        loss = F.mse_loss(reconstruction, images) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        images, _ = make_batch(rng, 256)
+        latents = vae.encode(torch.from_numpy(images)).latent_dist.mean
+    return float(1.0 / latents.std())
+
+
+def train_denoiser(components, config: TrainConfig, rng: np.random.Generator, progress: bool) -> None:
+    """ε-prediction with SDXL's noise schedule; captions dropped to "" so CFG and unconditional work."""
+    unet, vae = components["unet"], components["vae"]
+    encoders = [components["text_encoder"], components["text_encoder_2"]]
+    parameters = [*unet.parameters(), *(p for e in encoders for p in e.parameters())]
+    optimizer = torch.optim.AdamW(parameters, lr=config.unet_lr, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, config.unet_lr, total_steps=config.unet_steps, pct_start=0.05
+    )
+    noise_scheduler = training_noise_scheduler()
+    scaling = vae.config.scaling_factor
+    batches = _batches(rng, config.batch)
+    generator = torch.Generator().manual_seed(config.seed)
+    bar = tqdm(range(config.unet_steps), desc="unet", disable=not progress)
+    for _ in bar:
+        images, scenes = next(batches)
+        with torch.no_grad():
+            latents = vae.encode(images).latent_dist.mean * scaling
+        captions = ["" if rng.random() < config.caption_dropout else s.caption for s in scenes]
+        prompt_embeds, pooled = encode_captions(components, captions)
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(scenes),), generator=generator)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        time_ids = torch.tensor([TIME_IDS]).repeat(len(scenes), 1)
+        prediction = unet(
+            noisy, timesteps, prompt_embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}
+        ).sample
+        loss = F.mse_loss(prediction, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+
+
+def train(config: TrainConfig, progress: bool = True) -> Path:
+    """Train everything and save the pipeline (fp16 safetensors) and the feature network."""
+    from diffusers import StableDiffusionXLPipeline
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    components = toy_components(config.seed)
+    started = time.time()
+    components["vae"].train()
+    scaling = train_vae(components["vae"], config, rng, progress)
+    components["vae"].register_to_config(scaling_factor=scaling)
+    components["vae"].eval().requires_grad_(False)
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        components[name].train()
+    train_denoiser(components, config, rng, progress)
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        components[name].eval()
+    pipe = StableDiffusionXLPipeline(**components, force_zeros_for_empty_prompt=False)
+    config.out.mkdir(parents=True, exist_ok=True)
+    pipe.to(torch.float16).save_pretrained(config.out, safe_serialization=True)
+    features = train_features(config.feature_steps, config.batch * 2, rng, progress)
+    features.save(config.out.parent / "scene-features.safetensors")
+    minutes = (time.time() - started) / 60
+    (config.out.parent / "TRAINING.txt").write_text(
+        f"trained with {config} in {minutes:.1f} minutes on {torch.get_num_threads()} CPU threads\n",
+        encoding="utf-8",
+    )
+    return config.out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Train the toy SEG demo model.")
+    parser.add_argument("--smoke", action="store_true", help="a one-minute run (for tests)")
+    parser.add_argument("--out", type=Path, default=MODEL_DIR)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    config = TrainConfig.smoke(args.out) if args.smoke else TrainConfig(seed=args.seed, out=args.out)
+    print(train(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -56,6 +56,8 @@ CASES = {
     "seg+cfg": (2, True, SegConfig(blur_sigma=10.0), True),
     "seg+cfg unshared": (2, True, SegConfig(blur_sigma=10.0), False),
     "seg+cfg inactive": (2, True, SegConfig(blur_sigma=10.0, start=0.5), True),
+    "seg+cfg scale 0": (2, True, SegConfig(scale=0.0), True),
+    "cfg again": (2, True, None, True),  # the same as "cfg": shows the harness's noise floor
 }
 
 
@@ -187,6 +189,8 @@ def main() -> None:
         ("SEG + CFG", "seg+cfg", "cfg", f"{1 + share / 2:.3f}"),
         ("SEG + CFG, no prefix sharing", "seg+cfg unshared", "cfg", "1.500"),
         ("SEG + CFG, outside its window", "seg+cfg inactive", "cfg", "1.000"),
+        ("SEG + CFG, scale 0", "seg+cfg scale 0", "cfg", "1.000"),
+        ("CFG again (noise floor of this harness)", "cfg again", "cfg", "1.000"),
     ]
     lines = [
         "| configuration | median step (s) | ratio | against | FLOP-model limit | peak step memory (MB) |",

@@ -450,3 +450,8 @@ def test_inpaint_is_refused_for_transformer_families(tmp_path, capsys):
         tmp_path,
     )
     assert code == 2 and "Task 'inpaint' is not available for sd3 models; available: text2img, img2img" in err
+
+
+def test_offload_needs_a_gpu(tmp_path, capsys):
+    code, _, err = run(capsys, "generate", *TINY, "--offload", "model", "--out", tmp_path)
+    assert code == 2 and "--offload model moves weights between CPU and GPU; it needs --device cuda" in err

@@ -229,7 +229,12 @@ def test_flux_hooks_are_gone_after_an_exception(flux_parts):
     )
 
 
-def test_sd15_pipeline_matches_the_unet_reference():
+@pytest.mark.parametrize(
+    "layers, guidance, part, chosen",
+    [(None, 5.0, "mid_block", slice(None)), (["d1-d2"], 1.0, "down_blocks", slice(1, 3))],
+    ids=["mid-cfg", "down-range-no-cfg"],
+)
+def test_sd15_pipeline_matches_the_unet_reference(layers, guidance, part, chosen):
     from diffusers import StableDiffusionPipeline
 
     from conftest import assert_matches_reference, latents, layer_names
@@ -238,40 +243,11 @@ def test_sd15_pipeline_matches_the_unet_reference():
     parts = tiny_sd_components(seed=0)
     ours = make_pipe(seg.StableDiffusionSEGPipeline, parts)
     host = make_pipe(StableDiffusionPipeline, parts)
-    assert_matches_reference(
-        ours,
-        host,
-        layer_names(host.unet, "mid_block"),
-        dict(seg_scale=3.0, seg_blur_sigma=1.0),
-        lambda: dict(
-            prompt="a cube",
-            num_inference_steps=3,
-            guidance_scale=5.0,
-            latents=latents(1, 12, 20),
-            height=24,
-            width=40,
-            output_type="latent",
-        ),
-        1.0,
-        True,
-    )
-    assert_matches_reference(
-        ours,
-        host,
-        layer_names(host.unet, "down_blocks")[1:3],
-        dict(seg_blur_sigma=2.0, seg_applied_layers=["d1-d2"]),
-        lambda: dict(
-            prompt="a cube",
-            num_inference_steps=3,
-            guidance_scale=1.0,
-            latents=latents(1, 12, 20),
-            height=24,
-            width=40,
-            output_type="latent",
-        ),
-        2.0,
-        False,
-    )
+    call = dict(prompt="a cube", num_inference_steps=3, guidance_scale=guidance, latents=latents(1, 12, 20),
+                height=24, width=40, output_type="latent")
+    assert_matches_reference(ours, host, layer_names(host.unet, part)[chosen],
+                             dict(seg_blur_sigma=1.5, seg_applied_layers=layers), lambda: dict(call), 1.5,
+                             guidance > 1)
 
 
 def test_from_pipe_picks_the_seg_class_for_every_family(sd3_parts, flux_parts):
@@ -300,3 +276,36 @@ def test_from_pipe_picks_the_seg_class_for_every_family(sd3_parts, flux_parts):
     for action in (seg.from_pipe, seg.enable_seg):
         with pytest.raises(ValueError, match="not supported: SEG supports Stable Diffusion 1.x/2.x, Stable Diffusion"):
             action(unsupported)
+
+
+@pytest.mark.parametrize("task", ["img2img", "inpaint", "controlnet"])
+def test_sd15_img2img_inpaint_and_controlnet_match_the_reference(task):
+    from diffusers import (
+        StableDiffusionControlNetPipeline,
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionInpaintPipeline,
+    )
+    from PIL import Image
+
+    from conftest import assert_matches_reference, layer_names
+    from smoothed_energy_guidance.pipelines.tiny import tiny_controlnet, tiny_sd_components
+
+    parts = tiny_sd_components(seed=2)
+    image = Image.effect_noise((32, 32), 80).convert("RGB")
+    extra, call = {}, dict(prompt="a cube", num_inference_steps=4, guidance_scale=5.0, output_type="latent")
+    if task == "img2img":
+        host_cls, seg_cls = StableDiffusionImg2ImgPipeline, seg.StableDiffusionSEGImg2ImgPipeline
+        call.update(image=image, strength=0.75)
+    elif task == "inpaint":
+        host_cls, seg_cls = StableDiffusionInpaintPipeline, seg.StableDiffusionSEGInpaintPipeline
+        call.update(image=image, mask_image=Image.effect_noise((32, 32), 90), strength=0.9)
+    else:
+        host_cls, seg_cls = StableDiffusionControlNetPipeline, seg.StableDiffusionControlNetSEGPipeline
+        extra = {"controlnet": tiny_controlnet(parts["unet"], seed=4)}
+        call.update(image=image, height=32, width=32)
+    ours = make_pipe(seg_cls, parts, **extra)
+    host = make_pipe(host_cls, parts, **extra)
+    assert_matches_reference(
+        ours, host, layer_names(host.unet, "mid_block"), dict(seg_scale=3.0, seg_blur_sigma=1.0),
+        lambda: dict(call, generator=torch.Generator().manual_seed(3)), 1.0, True,
+    )

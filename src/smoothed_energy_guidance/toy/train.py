@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +123,8 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     features.save(config.out.parent / "scene-features.safetensors")
     minutes = (time.time() - started) / 60
     (config.out.parent / "TRAINING.txt").write_text(
-        f"trained with {config} in {minutes:.1f} minutes on {torch.get_num_threads()} CPU threads\n",
+        f"trained with {replace(config, out=Path(config.out.name))} in {minutes:.1f} minutes "
+        f"on {torch.get_num_threads()} CPU threads\n",
         encoding="utf-8",
     )
     return config.out

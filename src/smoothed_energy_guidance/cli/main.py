@@ -209,7 +209,7 @@ def cmd_eval_real(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.model:
         return cmd_eval_real(args)
-    from ..toy.evaluate import evaluate, quality_table
+    from ..toy.evaluate import evaluate, quality_table, time_grid
     from ..toy.model import MODEL_DIR
 
     model_dir = args.model_dir or MODEL_DIR
@@ -221,7 +221,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.seed,
         progress=not args.quiet,
     )
-    table = quality_table(results, args.samples, args.steps)
+    table = quality_table(results, args.samples, args.steps, time_grid(model_dir))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table, encoding="utf-8")
     print(table)

@@ -243,11 +243,24 @@ def test_sd15_pipeline_matches_the_unet_reference(layers, guidance, part, chosen
     parts = tiny_sd_components(seed=0)
     ours = make_pipe(seg.StableDiffusionSEGPipeline, parts)
     host = make_pipe(StableDiffusionPipeline, parts)
-    call = dict(prompt="a cube", num_inference_steps=3, guidance_scale=guidance, latents=latents(1, 12, 20),
-                height=24, width=40, output_type="latent")
-    assert_matches_reference(ours, host, layer_names(host.unet, part)[chosen],
-                             dict(seg_blur_sigma=1.5, seg_applied_layers=layers), lambda: dict(call), 1.5,
-                             guidance > 1)
+    call = dict(
+        prompt="a cube",
+        num_inference_steps=3,
+        guidance_scale=guidance,
+        latents=latents(1, 12, 20),
+        height=24,
+        width=40,
+        output_type="latent",
+    )
+    assert_matches_reference(
+        ours,
+        host,
+        layer_names(host.unet, part)[chosen],
+        dict(seg_blur_sigma=1.5, seg_applied_layers=layers),
+        lambda: dict(call),
+        1.5,
+        guidance > 1,
+    )
 
 
 def test_from_pipe_picks_the_seg_class_for_every_family(sd3_parts, flux_parts):
@@ -306,6 +319,11 @@ def test_sd15_img2img_inpaint_and_controlnet_match_the_reference(task):
     ours = make_pipe(seg_cls, parts, **extra)
     host = make_pipe(host_cls, parts, **extra)
     assert_matches_reference(
-        ours, host, layer_names(host.unet, "mid_block"), dict(seg_scale=3.0, seg_blur_sigma=1.0),
-        lambda: dict(call, generator=torch.Generator().manual_seed(3)), 1.0, True,
+        ours,
+        host,
+        layer_names(host.unet, "mid_block"),
+        dict(seg_scale=3.0, seg_blur_sigma=1.0),
+        lambda: dict(call, generator=torch.Generator().manual_seed(3)),
+        1.0,
+        True,
     )

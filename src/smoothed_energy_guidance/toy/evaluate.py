@@ -155,13 +155,21 @@ def time_grid(model_dir: Path, steps: int = 25) -> float:
     pipe.set_progress_bar_config(disable=True)
     prompts = [random_scene(np.random.default_rng(i)).caption for i in range(8)]
     started = time.perf_counter()
-    pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=5.0, seg_scale=3.0, height=32, width=32,
-         generator=torch.Generator().manual_seed(0))
+    pipe(
+        prompt=prompts,
+        num_inference_steps=steps,
+        guidance_scale=5.0,
+        seg_scale=3.0,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(0),
+    )
     return time.perf_counter() - started
 
 
-def quality_table(results: dict[str, list[dict[str, Any]]], samples: int, steps: int,
-                  grid_seconds: float | None = None) -> str:
+def quality_table(
+    results: dict[str, list[dict[str, Any]]], samples: int, steps: int, grid_seconds: float | None = None
+) -> str:
     """Markdown for benchmarks/QUALITY.md."""
     lines = [
         "# SEG quality on the toy model",
@@ -193,6 +201,9 @@ def quality_table(results: dict[str, list[dict[str, Any]]], samples: int, steps:
             f"{row['attribute_accuracy']:.3f} | {row['all_correct']:.3f} |"
         )
     if grid_seconds is not None:
-        lines += ["", f"A 2×4 grid (8 images, 25 steps, CFG 5 + SEG) took {grid_seconds:.1f} s on "
-                      f"{torch.get_num_threads()} CPU threads, model already loaded."]
+        lines += [
+            "",
+            f"A 2×4 grid (8 images, 25 steps, CFG 5 + SEG) took {grid_seconds:.1f} s on "
+            f"{torch.get_num_threads()} CPU threads, model already loaded.",
+        ]
     return "\n".join(lines) + "\n"

@@ -25,25 +25,19 @@ from torch.utils.flop_counter import FlopCounterMode
 from smoothed_energy_guidance.blur import blur_queries
 from smoothed_energy_guidance.guidance import SegConfig
 from smoothed_energy_guidance.hooks import HostStep
+from smoothed_energy_guidance.pipelines.tiny import SDXL_UNET_CONFIG
 from smoothed_energy_guidance.pipelines.unet import attach_seg_to_unet
 
-BENCH_UNET = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(80, 160, 320),
-    layers_per_block=2,
-    attention_head_dim=(5, 10, 20),
-    transformer_layers_per_block=(1, 2, 10),
-    cross_attention_dim=512,
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=64,
-    projection_class_embeddings_input_dim=704,
-    norm_num_groups=16,
-)
+# SDXL's UNet at quarter width (DESIGN.md §6)
+BENCH_UNET = {
+    **SDXL_UNET_CONFIG,
+    "sample_size": 64,
+    "block_out_channels": (80, 160, 320),
+    "cross_attention_dim": 512,
+    "addition_time_embed_dim": 64,
+    "projection_class_embeddings_input_dim": 704,
+    "norm_num_groups": 16,
+}
 LATENT = 64
 TEXT_TOKENS = 77
 POOLED = 704 - 6 * 64

@@ -7,23 +7,7 @@ import torch
 
 from smoothed_energy_guidance.hooks import layer_grid
 from smoothed_energy_guidance.layers import AttentionInventory, resolve_layers, unet_self_attention_inventory
-
-SDXL_UNET_CONFIG = dict(
-    sample_size=128,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(320, 640, 1280),
-    layers_per_block=2,
-    attention_head_dim=(5, 10, 20),
-    cross_attention_dim=2048,
-    transformer_layers_per_block=(1, 2, 10),
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
+from smoothed_energy_guidance.pipelines.tiny import SDXL_UNET_CONFIG
 
 
 @pytest.fixture(scope="module")

@@ -64,6 +64,24 @@ def _text_config(vocab_size: int, hidden_size: int) -> CLIPTextConfig:
     )
 
 
+#: Stable Diffusion XL base's UNet configuration (for meta-device layer checks and benchmarks).
+SDXL_UNET_CONFIG = dict(
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(320, 640, 1280),
+    layers_per_block=2,
+    attention_head_dim=(5, 10, 20),
+    cross_attention_dim=2048,
+    transformer_layers_per_block=(1, 2, 10),
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
+
 # The two encoders differ in width, as CLIP ViT-L and OpenCLIP ViT-bigG do in SDXL: single-file
 # loaders tell them apart by that width.
 TEXT_HIDDEN, TEXT_2_HIDDEN = 32, 48

@@ -260,6 +260,10 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``seg`` console script."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()  # no "Loading pipeline components" bars either
     try:
         return COMMANDS[args.command](args)
     except (ValueError, ModelLoadError, FileExistsError) as error:

@@ -97,6 +97,11 @@ class PerturbedCall:
     def perturbed(self) -> slice:
         return slice(self.host_rows, self.host_rows + self.group_rows)
 
+    @property
+    def cond_rows(self) -> slice:
+        """The host's cond rows: the last group of its batch."""
+        return slice(self.host_rows - self.group_rows, self.host_rows)
+
 
 def layer_grid(latent_hw: tuple[int, int], downsample: int) -> tuple[int, int]:
     """Grid of a layer ``downsample`` levels below the latent: each level halves with ceil."""
@@ -117,11 +122,11 @@ def append_cond_rows(value: Any, host_rows: int, cond_rows: slice, unbatched: fr
         return value
     if isinstance(value, dict):
         return {
-            key: item if key in unbatched else append_cond_rows(item, host_rows, cond_rows)
+            key: item if key in unbatched else append_cond_rows(item, host_rows, cond_rows, unbatched)
             for key, item in value.items()
         }
     if isinstance(value, (list, tuple)):
-        return type(value)(append_cond_rows(item, host_rows, cond_rows) for item in value)
+        return type(value)(append_cond_rows(item, host_rows, cond_rows, unbatched) for item in value)
     return value
 
 
@@ -230,27 +235,22 @@ class SegHooks:
         groups = 2 if host.cfg else 1
         if host_rows % groups:
             raise ValueError(f"CFG batch of {host_rows} rows is not [uncond, cond]; cannot add SEG rows.")
-        group_rows = host_rows // groups
-        cond_rows = slice(host_rows - group_rows, host_rows)
         seg_scale = self.config.scale * host.seg_scale_factor
-        self._call = PerturbedCall(host, host_rows, group_rows, inputs.grid, seg_scale)
+        call = PerturbedCall(host, host_rows, host_rows // groups, inputs.grid, seg_scale)
+        self._call = call
         self._reached = set()
         if self.fork is not None:
-            return self.fork.widen_inputs(args, kwargs, host_rows, cond_rows)
+            return self.fork.widen_inputs(args, kwargs, host_rows, call.cond_rows)
+        return self._append_perturbed_rows(call, args, kwargs)
+
+    def _append_perturbed_rows(self, call: PerturbedCall, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         return (
-            append_cond_rows(args, host_rows, cond_rows),
-            append_cond_rows(kwargs, host_rows, cond_rows, self.unbatched),
+            append_cond_rows(args, call.host_rows, call.cond_rows, self.unbatched),
+            append_cond_rows(kwargs, call.host_rows, call.cond_rows, self.unbatched),
         )
 
     def _widen_block_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        call = self._call
-        if call is None:
-            return None
-        cond_rows = slice(call.host_rows - call.group_rows, call.host_rows)
-        return (
-            append_cond_rows(args, call.host_rows, cond_rows),
-            append_cond_rows(kwargs, call.host_rows, cond_rows, self.unbatched),
-        )
+        return None if self._call is None else self._append_perturbed_rows(self._call, args, kwargs)
 
     def _query_hook(self, target: QueryTarget) -> Callable:
         def blur_perturbed_queries(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:

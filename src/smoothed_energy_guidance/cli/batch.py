@@ -11,7 +11,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .generate import PipelineCache, call_arguments
+from .generate import PipelineCache
 from .metadata import read_png_settings, save_png, write_atomically
 from .settings import GenerationSettings, coerce_overrides
 
@@ -123,8 +123,7 @@ def run_batch(cache: PipelineCache, path: Path, base: GenerationSettings, out: P
         todo, desc=f"batch[{state.process_index}]", unit="image", disable=not cache.progress
     ):
         single = item.settings.replace(seed=item.settings.seed + k, num_images=1)
-        pipe = cache.pipeline(single)
-        image = pipe(**call_arguments(single, pipe, single.seed)).images[0]
+        image = cache.render(single)
         save_png(image, image_path, single, {"item": item.id, "line": item.line, "process": state.process_index})
         written += 1
     state.wait_for_everyone()

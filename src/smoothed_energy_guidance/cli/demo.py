@@ -7,7 +7,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..pipelines import TOY_MODEL
-from .generate import PipelineCache, call_arguments
+from .generate import PipelineCache
 from .grid import labelled_grid
 from .metadata import free_path, save_png
 from .settings import GenerationSettings
@@ -36,13 +36,12 @@ def run_demo(
 ) -> tuple[Path, str]:
     """Write the demo grid (one row per prompt, one column per setting) and describe it."""
     cache = PipelineCache(device="cpu", progress=False)
-    pipe = cache.pipeline(base)
     rows: list[list[Image.Image]] = []
     for prompt in DEMO_PROMPTS:
         row = []
         for _, changes in DEMO_COLUMNS:
             settings = base.replace(prompt=prompt, **changes)
-            row.append(pipe(**call_arguments(settings, pipe, settings.seed)).images[0])
+            row.append(cache.render(settings))
         rows.append(row)
     grid = labelled_grid(
         rows, [label for label, _ in DEMO_COLUMNS], [p.split(",")[0] if p else "(empty prompt)" for p in DEMO_PROMPTS]

@@ -64,6 +64,11 @@ class PipelineCache:
         pipe.set_progress_bar_config(disable=not self.progress, leave=False, desc="steps")
         return pipe
 
+    def render(self, settings: GenerationSettings) -> Image.Image:
+        """One image for ``settings`` (its seed, one image per call)."""
+        pipe = self.pipeline(settings)
+        return pipe(**call_arguments(settings, pipe)).images[0]
+
 
 def default_size(pipe: Any) -> tuple[int, int]:
     """The model's native size: UNet sample size, or the transformer pipeline's default, × VAE factor."""
@@ -90,8 +95,8 @@ def output_size(settings: GenerationSettings, pipe: Any) -> tuple[int, int]:
     return settings.width or width, settings.height or height
 
 
-def call_arguments(settings: GenerationSettings, pipe: Any, seed: int) -> dict[str, Any]:
-    """Keyword arguments of the SEG pipeline call for one image."""
+def call_arguments(settings: GenerationSettings, pipe: Any) -> dict[str, Any]:
+    """Keyword arguments of the SEG pipeline call for one image, seeded by ``settings.seed``."""
     width, height = output_size(settings, pipe)
     device = pipe._execution_device if hasattr(pipe, "_execution_device") else pipe.device
     generator_device = "cpu" if device.type == "mps" else device
@@ -100,7 +105,7 @@ def call_arguments(settings: GenerationSettings, pipe: Any, seed: int) -> dict[s
         "negative_prompt": settings.negative_prompt or None,
         "num_inference_steps": settings.steps,
         "guidance_scale": settings.cfg,
-        "generator": torch.Generator(generator_device).manual_seed(seed),
+        "generator": torch.Generator(generator_device).manual_seed(settings.seed),
         "seg_scale": settings.seg_scale,
         "seg_blur_sigma": settings.blur_sigma,
         "seg_applied_layers": list(settings.layers) or None,
@@ -122,8 +127,6 @@ def call_arguments(settings: GenerationSettings, pipe: Any, seed: int) -> dict[s
 
 def generate(cache: PipelineCache, settings: GenerationSettings) -> Iterator[tuple[Image.Image, GenerationSettings]]:
     """Yield each image with the settings that reproduce it alone (its own seed, one image)."""
-    pipe = cache.pipeline(settings)
     for index in range(settings.num_images):
         single = settings.replace(seed=settings.seed + index, num_images=1)
-        image = pipe(**call_arguments(single, pipe, single.seed)).images[0]
-        yield image, single
+        yield cache.render(single), single

@@ -210,12 +210,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.model:
         return cmd_eval_real(args)
     from ..toy.evaluate import evaluate, quality_table, time_grid
-    from ..toy.model import MODEL_DIR
+    from ..toy.model import MODEL_DIR, features_file
 
     model_dir = args.model_dir or MODEL_DIR
     results = evaluate(
         model_dir,
-        model_dir.parent / "scene-features.safetensors",
+        features_file(model_dir),
         args.samples,
         args.steps,
         args.seed,

@@ -75,7 +75,7 @@ def _pag_image(pipe: Any, settings: GenerationSettings, pag_cache: dict) -> Imag
         pag_cache[key] = StableDiffusionXLPAGPipeline.from_pipe(
             pipe, pag_applied_layers=list(settings.layers or ["mid"])
         )
-    call = {k: v for k, v in call_arguments(settings, pipe, settings.seed).items() if not k.startswith("seg_")}
+    call = {k: v for k, v in call_arguments(settings, pipe).items() if not k.startswith("seg_")}
     return pag_cache[key](**call, pag_scale=settings.seg_scale or 3.0).images[0]
 
 
@@ -109,11 +109,7 @@ def run_sweep(
     for index, (row_label, column_label, cell, baseline) in enumerate(
         tqdm(cells, desc="cells", unit="image", disable=not cache.progress)
     ):
-        pipe = cache.pipeline(cell)
-        if baseline == "pag":
-            image = _pag_image(pipe, cell, pag_cache)
-        else:
-            image = pipe(**call_arguments(cell, pipe, cell.seed)).images[0]
+        image = _pag_image(cache.pipeline(cell), cell, pag_cache) if baseline == "pag" else cache.render(cell)
         images.append(image)
         extra = {"baseline": baseline} if baseline else {}
         name = f"{index:03d}-{(row_label + '-' if row_label else '')}{column_label}".replace("=", "_")

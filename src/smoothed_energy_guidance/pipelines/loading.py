@@ -236,9 +236,7 @@ def load_base_pipeline(
         pipe = cls(**builders[family](seed=0))
         return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
     path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "model_index.json").exists():
-            raise ModelLoadError(f"{path} is a folder but not a diffusers pipeline (no model_index.json).")
+    if path.is_dir():  # detect_family has checked it holds a pipeline
         return cls.from_pretrained(path, torch_dtype=dtype, use_safetensors=None if allow_pickle else True)
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES and not allow_pickle:

@@ -7,11 +7,11 @@ queries, keys and values are untouched.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..guidance import SegConfig
@@ -153,22 +153,18 @@ class _TrueCfgContext:
 
 
 def transformer_host_reader(pipe: Any, family: TransformerFamily, true_cfg_scale: float, context: Any):
-    from .unet import step_progress
+    """SD3 batches CFG like the UNet pipelines; Flux runs true CFG as a second, "uncond" call."""
+    from .unet import host_reader, step_progress
+
+    if family is not FLUX:
+        return host_reader(pipe)
 
     def read(timestep: Any) -> HostStep:
-        scaled = timestep * family.timestep_scale if timestep is not None else 0.0
-        progress = step_progress(pipe, scaled)
-        if family is FLUX:
-            # Flux runs true CFG as a second, "uncond" call: SEG joins the cond call only, with s/g so
-            # that neg + g·(pos' − neg) = neg + g·(pos − neg) + s·(pos − perturbed).
-            uncond = context is not None and context.current() == "uncond"
-            return HostStep(False, 1.0, 0.0, progress, seg_allowed=not uncond, seg_scale_factor=1.0 / true_cfg_scale)
-        return HostStep(
-            cfg=bool(pipe.do_classifier_free_guidance),
-            guidance_scale=float(pipe.guidance_scale),
-            guidance_rescale=0.0,
-            progress=progress,
-        )
+        progress = step_progress(pipe, timestep * family.timestep_scale if timestep is not None else 0.0)
+        # SEG joins the cond call only, with s/g, so that
+        # neg + g·(pos' − neg) = neg + g·(pos − neg) + s·(pos − perturbed)
+        uncond = context is not None and context.current() == "uncond"
+        return HostStep(False, 1.0, 0.0, progress, seg_allowed=not uncond, seg_scale_factor=1.0 / true_cfg_scale)
 
     return read
 
@@ -194,7 +190,7 @@ def enable_seg_transformer(
     inventory = transformer_inventory(model, family)
     specs = config.layers if config.layers is not None else inventory.default_layers()
     names = resolve_block_layers(specs, inventory)
-    if true_cfg_scale <= 0 or not torch.isfinite(torch.tensor(true_cfg_scale)):
+    if true_cfg_scale <= 0 or not math.isfinite(true_cfg_scale):
         raise ValueError(f"true_cfg_scale must be a positive number, got {true_cfg_scale!r}.")
     context = _TrueCfgContext(model) if family is FLUX and config.enabled else None
     hooks = TransformerSegHooks(

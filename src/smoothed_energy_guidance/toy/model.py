@@ -9,13 +9,17 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+from ..pipelines import TOY_MODEL_DIR
 from ..pipelines.tiny import TEXT_2_HIDDEN, TEXT_HIDDEN, _text_config, tiny_clip_tokenizer
 
-WEIGHTS = Path(__file__).parent / "weights"
-MODEL_DIR = WEIGHTS / "seg-toy"
-FEATURES_FILE = WEIGHTS / "scene-features.safetensors"
+MODEL_DIR = TOY_MODEL_DIR  # where `seg-toy` loads from
 TIME_IDS = (32.0, 32.0, 0.0, 0.0, 32.0, 32.0)  # SDXL size conditioning: 32×32, no crop
 SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+
+
+def features_file(model_dir: Path) -> Path:
+    """The scene-feature network trained and shipped beside a toy model folder."""
+    return model_dir.parent / "scene-features.safetensors"
 
 
 def toy_unet() -> UNet2DConditionModel:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .features import train_features
-from .model import MODEL_DIR, TIME_IDS, encode_captions, toy_components, training_noise_scheduler
+from .model import MODEL_DIR, TIME_IDS, encode_captions, features_file, toy_components, training_noise_scheduler
 from .scenes import make_batch
 
 
@@ -120,7 +120,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     config.out.mkdir(parents=True, exist_ok=True)
     pipe.to(torch.float16).save_pretrained(config.out, safe_serialization=True)
     features = train_features(config.feature_steps, config.batch * 2, rng, progress)
-    features.save(config.out.parent / "scene-features.safetensors")
+    features.save(features_file(config.out))
     minutes = (time.time() - started) / 60
     (config.out.parent / "TRAINING.txt").write_text(
         f"trained with {replace(config, out=Path(config.out.name))} in {minutes:.1f} minutes "

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cli.generate import PipelineCache, call_arguments
+from ..cli.generate import PipelineCache
 from ..cli.metadata import free_path, save_png, settings_from_png
 from ..cli.settings import GenerationSettings, parse_layers
 
@@ -96,8 +96,7 @@ class Studio:
         self.cache = self.cache or PipelineCache(device=self.device, progress=True)
 
     def render(self, settings: GenerationSettings, name: str) -> Path:
-        pipe = self.cache.pipeline(settings)
-        image = pipe(**call_arguments(settings, pipe, settings.seed)).images[0]
+        image = self.cache.render(settings)
         return save_png(image, free_path(self.out / f"{name}-{settings.seed}.png"), settings)
 
     def compare(self, form: Form) -> tuple[Path, Path]:

@@ -16,7 +16,8 @@ class SegConfig:
     """What SEG does on one call, validated on creation.
 
     Args:
-        scale: SEG guidance scale ``s``; 0 turns SEG off (nothing extra runs).
+        scale: SEG guidance scale ``s`` >= 0; 0 turns SEG off (nothing extra runs). Negative
+            scales are refused (they would be anti-guidance, which the official pipeline never runs).
         blur_sigma: Gaussian σ over the image grid; any value > 9999 (``float("inf")``) means
             uniform queries.
         layers: layer specs (see :mod:`smoothed_energy_guidance.layers`); None picks the model
@@ -34,6 +35,11 @@ class SegConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
             raise ValueError(f"seg_scale must be a finite number, got {self.scale!r}; 3.0 is a good start.")
+        if self.scale < 0:
+            raise ValueError(
+                f"seg_scale must be >= 0, got {self.scale!r}: a negative scale would pull samples towards the "
+                "blurred prediction (anti-guidance). Use 0 to turn SEG off, or about 3 to guide."
+            )
         if not isinstance(self.blur_sigma, (int, float)) or math.isnan(self.blur_sigma) or self.blur_sigma <= 0:
             raise ValueError(
                 f"seg_blur_sigma must be > 0 (use float('inf') for uniform queries), got {self.blur_sigma!r}."

@@ -15,6 +15,7 @@ Hooking the query projection keeps every attention backend and LoRA-wrapped proj
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,12 +33,12 @@ class QueryTarget:
 
     name: str
     attention: nn.Module
-    projection: nn.Module
-    fused_qkv: bool
+    projection: nn.Module  # the module whose output holds the queries (to_q, to_qkv or norm_q)
     downsample: int  # ceil-halvings from the latent grid to this layer's grid
     token_dim: int = 1  # 1: queries are (B, N, …); 2: per-head (B, heads, N, head_dim)
     source: str = "to_q"  # the attention's attribute that ``projection`` is
     image_tail: bool = False  # the query holds text tokens, then the image tokens (Flux single blocks)
+    parts: int = 1  # 3 when the queries are the first third of a fused QKV projection
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class DenoiserInputs:
     rows: int
     grid: tuple[int, int]  # latent (UNet) or token (transformer) grid
     timestep: Any
+    # A cond-only call whose output the host subtracts from its cond prediction (SD3 skip-layer
+    # guidance): SEG adds no rows there, and shifts it so the host's subtraction sees the true cond.
+    cond_reference: bool = False
 
 
 def unet_call_inputs(args: tuple, kwargs: dict) -> DenoiserInputs:
@@ -147,12 +151,36 @@ def _replace_first_output(output: Any, sample: torch.Tensor) -> Any:
     return output
 
 
+def active_seg_hooks(denoiser: nn.Module) -> list[SegHooks]:
+    """The SEG handles whose hooks are on ``denoiser`` now, read off the module's own hooks."""
+    found: list[SegHooks] = []
+    for hook in denoiser._forward_pre_hooks.values():
+        owner = getattr(hook, "__self__", None)
+        if isinstance(owner, SegHooks) and owner.attached and owner not in found:
+            found.append(owner)
+    return found
+
+
+class _ThreadCall(threading.local):
+    """Per-thread state of the denoiser call in flight, so concurrent calls never mix."""
+
+    call: PerturbedCall | None = None
+    reached: set[str]
+    cond_shift: torch.Tensor | None = None  # pred_seg − pred_cond of the latest SEG call
+
+    def __init__(self) -> None:
+        self.reached = set()
+
+
 class SegHooks:
     """Forward hooks that run SEG on a denoiser, tracked by handle.
 
     Use as a context manager or call :meth:`remove`; removing twice is harmless.
     ``read_host(timestep)`` tells, for each denoiser call, whether CFG is on and how far the
-    denoising has progressed.
+    denoising has progressed. ``owns_call()`` tells whether the call in flight was made by the
+    pipeline SEG was enabled on (``scope``); calls by other pipelines sharing the denoiser run
+    untouched. ``query_source(target)`` names the module the attention's processor really takes
+    its queries from now, so a swapped projection is refused instead of silently missed.
     """
 
     def __init__(
@@ -165,6 +193,9 @@ class SegHooks:
         fork: ForkPlan | None = None,
         read_inputs: Callable[[tuple, dict], DenoiserInputs] = unet_call_inputs,
         unbatched: frozenset[str] = frozenset(),
+        owns_call: Callable[[], bool] | None = None,
+        scope: Any = None,
+        query_source: Callable[[QueryTarget], nn.Module | None] | None = None,
     ) -> None:
         self.denoiser = denoiser
         self.fork = fork
@@ -174,9 +205,15 @@ class SegHooks:
         self.config = config
         self.read_host = read_host
         self.undo_hint = undo_hint
+        self.owns_call = owns_call
+        self.scope = scope
+        self.query_source = query_source or (lambda target: getattr(target.attention, target.source, None))
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._call: PerturbedCall | None = None
-        self._reached: set[str] = set()
+        self._state = _ThreadCall()
+
+    def __repr__(self) -> str:
+        scope = "any caller" if self.scope is None else f"{type(self.scope).__name__} at {id(self.scope):#x}"
+        return f"<SegHooks scale={self.config.scale} sigma={self.config.blur_sigma} for {scope}>"
 
     # lifecycle -------------------------------------------------------------------------------
     def attach(self) -> SegHooks:
@@ -184,6 +221,7 @@ class SegHooks:
             return self
         if not self.config.enabled:
             return self  # s == 0: nothing may run
+        self._refuse_stacking()
         try:
             self._handles.append(self.denoiser.register_forward_pre_hook(self._before_denoiser, with_kwargs=True))
             for target in self.targets:
@@ -196,11 +234,22 @@ class SegHooks:
             raise
         return self
 
+    def _refuse_stacking(self) -> None:
+        """Two handles may share a denoiser only when each is scoped to a different pipeline."""
+        for other in active_seg_hooks(self.denoiser):
+            if other.scope is None or self.scope is None or other.scope is self.scope:
+                raise RuntimeError(
+                    f"SEG is already enabled on this {type(self.denoiser).__name__} by {other!r}; remove that "
+                    "handle first (handle.remove(), or leave its `with` block), or pass seg_scale=0 to a SEG "
+                    "pipeline call while it is active."
+                )
+
     def remove(self) -> None:
         """Remove every hook; safe to call more than once."""
         while self._handles:
             self._handles.pop().remove()
-        self._call = None
+        self._state.call = None
+        self._state.cond_shift = None
 
     @property
     def attached(self) -> bool:
@@ -216,17 +265,21 @@ class SegHooks:
     def _check_projections(self) -> None:
         """Refuse to run when a projection was swapped (fused QKV, LoRA added) after attaching."""
         for target in self.targets:
-            current = getattr(target.attention, target.source, None)
-            fused_now = bool(getattr(target.attention, "fused_projections", False))
-            if current is not target.projection or fused_now != target.fused_qkv:
+            if self.query_source(target) is not target.projection:
                 raise RuntimeError(
                     f"The query projection of SEG layer {target.name} changed after SEG was enabled "
                     f"(fused QKV or a LoRA added?). {self.undo_hint}"
                 )
 
     def _before_denoiser(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        self._call = None
+        state = self._state
+        state.call = None
+        if self.owns_call is not None and not self.owns_call():
+            return None  # another pipeline sharing this denoiser: it runs exactly as without SEG
         inputs = self.read_inputs(args, kwargs)
+        if inputs.cond_reference:
+            return None
+        state.cond_shift = None
         host = self.read_host(inputs.timestep)
         if not (host.seg_allowed and self.config.active_at(host.progress)):
             return None
@@ -237,8 +290,8 @@ class SegHooks:
             raise ValueError(f"CFG batch of {host_rows} rows is not [uncond, cond]; cannot add SEG rows.")
         seg_scale = self.config.scale * host.seg_scale_factor
         call = PerturbedCall(host, host_rows, host_rows // groups, inputs.grid, seg_scale)
-        self._call = call
-        self._reached = set()
+        state.call = call
+        state.reached = set()
         if self.fork is not None:
             return self.fork.widen_inputs(args, kwargs, host_rows, call.cond_rows)
         return self._append_perturbed_rows(call, args, kwargs)
@@ -250,11 +303,13 @@ class SegHooks:
         )
 
     def _widen_block_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        return None if self._call is None else self._append_perturbed_rows(self._call, args, kwargs)
+        call = self._state.call
+        return None if call is None else self._append_perturbed_rows(call, args, kwargs)
 
     def _query_hook(self, target: QueryTarget) -> Callable:
         def blur_perturbed_queries(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            call = self._call
+            state = self._state
+            call = state.call
             if call is None:
                 return None
             if output.shape[0] != call.host_rows + call.group_rows:
@@ -262,15 +317,12 @@ class SegHooks:
                     f"SEG layer {target.name} saw a batch of {output.shape[0]} rows, expected "
                     f"{call.host_rows + call.group_rows}; is it a self-attention of this denoiser?"
                 )
-            self._reached.add(target.name)
+            state.reached.add(target.name)
             grid = layer_grid(call.latent_hw, target.downsample)
             rows = output[call.perturbed]
-            if target.fused_qkv:
-                q_channels = output.shape[-1] // 3
-                q = blur_queries(rows[..., :q_channels], grid, self.config.blur_sigma)
-                rows = torch.cat([q.to(rows.dtype), rows[..., q_channels:]], dim=-1)
-            else:
-                rows = self._blur_image_queries(rows, grid, target)
+            q_channels = output.shape[-1] // target.parts
+            q = self._blur_image_queries(rows[..., :q_channels], grid, target)
+            rows = torch.cat([q, rows[..., q_channels:]], dim=-1) if target.parts > 1 else q
             return torch.cat([output[: call.host_rows], rows])
 
         return blur_perturbed_queries
@@ -291,10 +343,11 @@ class SegHooks:
         return blurred.reshape(q.shape)
 
     def _after_denoiser(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        call, self._call = self._call, None
+        state = self._state
+        call, state.call = state.call, None
         if call is None:
-            return None
-        missed = [target.name for target in self.targets if target.name not in self._reached]
+            return self._shift_cond_reference(args, kwargs, output)
+        missed = [target.name for target in self.targets if target.name not in state.reached]
         if missed:
             raise RuntimeError(
                 f"SEG ran a perturbed pass but {len(missed)} of its {len(self.targets)} layers were "
@@ -314,6 +367,22 @@ class SegHooks:
             call.host.guidance_scale,
             call.host.guidance_rescale,
         )
+        state.cond_shift = pred_seg - pred_cond
         # Under CFG the host computes uncond + g·(cond − uncond): handing it [pred, pred] yields pred.
         rows = torch.cat([pred_seg, pred_seg]) if call.host.cfg else pred_seg
         return _replace_first_output(output, rows)
+
+    def _shift_cond_reference(self, args: tuple, kwargs: dict, output: Any) -> Any:
+        """On a cond-only reference call, add pred_seg − cond so ``host_cond − output`` is ``cond − output``.
+
+        The host reads its cond prediction back from the rows SEG handed it, which are pred_seg.
+        """
+        shift = self._state.cond_shift
+        if shift is None or output is None or (self.owns_call is not None and not self.owns_call()):
+            return None
+        if not self.read_inputs(args, kwargs).cond_reference:
+            return None
+        pred = _first_output(output)
+        if pred.shape != shift.shape:
+            return None
+        return _replace_first_output(output, pred + shift.to(pred.dtype))

@@ -2,20 +2,79 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
 from .enable import enable_seg
+
+SEG_CALL_DOC = """
+SEG arguments (Smoothed Energy Guidance, added by smoothed-energy-guidance):
+    seg_scale (`float`, defaults to 3.0): SEG guidance scale; about 3 works well. 0 is the plain
+        pipeline in every respect (nothing is resolved, checked or run). Negative values are refused.
+    seg_blur_sigma (`float`, defaults to inf): Gaussian σ over the attention grid; vary it exponentially
+        (1, 4, 16, …); any value > 9999 such as ``float("inf")`` gives uniform queries.
+    seg_applied_layers (`list[str]`, *optional*): layer specs; default ``["mid"]`` (all mid-block
+        self-attentions) for UNets (the lowest-resolution level where the mid block has no attention)
+        and the middle block for transformers. An empty list is an error.
+    seg_applied_layers_index (`list[str]`, *optional*): official index names (``"d4"``, ``"m0"``,
+        ``"u30"``); when given, they take precedence over ``seg_applied_layers``.
+    seg_guidance_start, seg_guidance_end (`float`, defaults to 0.0 and 1.0): SEG runs on the
+        denoising steps whose index / number of steps lies in ``[start, end)``, counting the steps
+        of the loop the pipeline really runs (img2img and inpaint: the steps left after ``strength``;
+        Heun, KDPM2 and other multi-call schedulers: each step's calls together).
+"""
+
+_SEG_PARAMETERS = [
+    inspect.Parameter("seg_scale", inspect.Parameter.KEYWORD_ONLY, default=3.0, annotation="float"),
+    inspect.Parameter("seg_blur_sigma", inspect.Parameter.KEYWORD_ONLY, default=float("inf"), annotation="float"),
+    inspect.Parameter(
+        "seg_applied_layers", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="Sequence[str] | None"
+    ),
+    inspect.Parameter(
+        "seg_applied_layers_index", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="Sequence[str] | None"
+    ),
+    inspect.Parameter("seg_guidance_start", inspect.Parameter.KEYWORD_ONLY, default=0.0, annotation="float"),
+    inspect.Parameter("seg_guidance_end", inspect.Parameter.KEYWORD_ONLY, default=1.0, annotation="float"),
+]
+SEG_PARAMETER_NAMES = tuple(parameter.name for parameter in _SEG_PARAMETERS)
+
+
+def signature_with_seg(host_call: Any) -> inspect.Signature:
+    """The host ``__call__`` signature with the ``seg_*`` keyword-only parameters before any ``**kwargs``."""
+    host = inspect.signature(host_call)
+    params = [p for p in host.parameters.values() if p.name not in SEG_PARAMETER_NAMES]
+    var_keyword = [p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
+    plain = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    return host.replace(parameters=[*plain, *_SEG_PARAMETERS, *var_keyword])
 
 
 class SegCallMixin:
     """Adds the official SEG call arguments to a diffusers pipeline's ``__call__``.
 
     Every argument the host pipeline accepts is passed through unchanged; the host's loop,
-    schedulers, callbacks, LoRA, IP-Adapter and offloading stay diffusers' own.
+    schedulers, callbacks, LoRA, IP-Adapter and offloading stay diffusers' own. Each subclass's
+    ``__call__`` shows the host's own signature and docstring, followed by the ``seg_*`` ones.
     """
 
-    def __call__(
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__call__" in cls.__dict__:
+            return  # a subclass that writes its own __call__ keeps it
+        host_call = super(SegCallMixin, cls).__call__
+
+        @functools.wraps(host_call)
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return SegCallMixin._call_with_seg(self, *args, **kwargs)
+
+        del __call__.__wrapped__  # the signature is ours, not the host's
+        __call__.__signature__ = signature_with_seg(host_call)
+        __call__.__doc__ = (inspect.getdoc(host_call) or "") + "\n" + SEG_CALL_DOC
+        __call__.__qualname__ = f"{cls.__qualname__}.__call__"
+        cls.__call__ = __call__
+
+    def _call_with_seg(
         self,
         *args: Any,
         seg_scale: float = 3.0,
@@ -26,20 +85,7 @@ class SegCallMixin:
         seg_guidance_end: float = 1.0,
         **kwargs: Any,
     ) -> Any:
-        """Run the host pipeline with Smoothed Energy Guidance.
-
-        Args:
-            seg_scale: SEG guidance scale; about 3 works well, 0 is the plain pipeline.
-            seg_blur_sigma: Gaussian σ over the attention grid; vary it exponentially
-                (1, 4, 16, …); any value > 9999 such as ``float("inf")`` gives uniform queries.
-            seg_applied_layers: layer specs; default ``["mid"]`` (all mid-block self-attentions)
-                for UNets and the middle block for transformers.
-            seg_applied_layers_index: official index names (``"d4"``, ``"m0"``, ``"u30"``);
-                when given, they take precedence over ``seg_applied_layers``.
-            seg_guidance_start, seg_guidance_end: fraction of the denoising steps
-                ``[start, end)`` during which SEG runs.
-        """
-        layers = seg_applied_layers_index or seg_applied_layers
+        layers = seg_applied_layers_index if seg_applied_layers_index is not None else seg_applied_layers
         true_cfg = float(kwargs.get("true_cfg_scale", 1.0) or 1.0)
         has_negative = kwargs.get("negative_prompt") is not None or kwargs.get("negative_prompt_embeds") is not None
         with enable_seg(
@@ -51,4 +97,4 @@ class SegCallMixin:
             end=seg_guidance_end,
             true_cfg_scale=true_cfg if true_cfg > 1 and has_negative else 1.0,
         ):
-            return super().__call__(*args, **kwargs)
+            return super(SegCallMixin, self).__call__(*args, **kwargs)

@@ -35,15 +35,25 @@ def enable_seg(
         pipe: the diffusers pipeline.
         scale: SEG guidance scale (0 adds no work at all).
         blur_sigma: Gaussian σ; anything above 9999, e.g. ``float("inf")``, gives uniform queries.
-        layers: layer specs; None is the family default: ``["mid"]`` for UNets, the middle
-            transformer block for SD3 / Flux (see the README for the grammar).
-        start, end: fraction of denoising steps ``[start, end)`` during which SEG runs.
+        layers: layer specs; None is the family default: ``["mid"]`` for UNets (every self-attention
+            of the lowest-resolution level where the mid block has none), the middle transformer
+            block for SD3 / Flux (see the README for the grammar). An empty list is an error.
+        start, end: SEG runs on the steps whose index / number of steps is in ``[start, end)``,
+            counting the steps of the loop the pipeline really runs (see :mod:`.progress`).
+
+    SEG acts only on calls made by ``pipe``: other pipelines sharing its UNet / transformer (e.g.
+    built with ``from_pipe``) run untouched, also from other threads. Enabling SEG again on the same
+    pipeline while a handle is active is refused; remove that handle first.
         share_prefix: run the denoiser up to the first SEG block once for cond and perturbed rows
             (exact, and cheaper); False repeats the whole pass, as the official pipeline does.
         true_cfg_scale: Flux only: the ``true_cfg_scale`` the pipeline call uses with a negative
             prompt, so that SEG adds exactly ``s·(cond − perturbed)`` on top of true CFG.
     """
     config = SegConfig(scale=scale, blur_sigma=blur_sigma, layers=layers, start=start, end=end)
+    if not config.enabled:
+        # s == 0 is the plain pipeline in every respect: nothing is resolved, checked or hooked.
+        return SegHooks(None, (), config, read_host=None)
+    refuse_attention_guidance_pipelines(pipe)
     unet = getattr(pipe, "unet", None)
     if isinstance(unet, nn.Module) and _is_conditional_unet(getattr(unet, "_orig_mod", unet)):
         return enable_seg_unet(pipe, config, share_prefix)
@@ -51,6 +61,17 @@ def enable_seg(
     if isinstance(transformer, nn.Module) and transformer_family(getattr(transformer, "_orig_mod", transformer)):
         return enable_seg_transformer(pipe, config, share_prefix, true_cfg_scale)
     raise ValueError(f"{type(pipe).__name__} is not supported: SEG supports {SUPPORTED_FAMILIES} pipelines.")
+
+
+def refuse_attention_guidance_pipelines(pipe: Any) -> None:
+    """diffusers' PAG pipelines re-split the denoiser batch inside attention, so SEG rows cannot join it."""
+    if hasattr(pipe, "set_pag_applied_layers"):
+        plain = type(pipe).__name__.replace("PAG", "")
+        raise ValueError(
+            f"{type(pipe).__name__} runs Perturbed-Attention Guidance, whose attention processors split the batch "
+            "into fixed [uncond, cond, perturbed] thirds, so SEG cannot add its rows to it. Use SEG on the plain "
+            f"pipeline instead (e.g. seg.from_pipe({plain}.from_pipe(pipe))), or set seg_scale=0."
+        )
 
 
 def _is_conditional_unet(model: nn.Module) -> bool:

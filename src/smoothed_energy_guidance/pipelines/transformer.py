@@ -17,6 +17,9 @@ from torch import nn
 from ..guidance import SegConfig
 from ..hooks import DenoiserInputs, ForkPlan, HostStep, QueryTarget, SegHooks
 from ..layers import BlockInventory, resolve_block_layers
+from .progress import LoopProgress
+from .queries import query_source
+from .scope import call_owner_check
 
 UNDO_HINT = "Enable SEG again after fusing QKV projections, loading LoRA or replacing the transformer."
 ATTENTION_NAMES = ("attn", "attn2")
@@ -39,7 +42,11 @@ def _sd3_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
     latents = args[0] if args else kwargs["hidden_states"]
     patch = model.config.patch_size
     return DenoiserInputs(
-        latents.shape[0], (latents.shape[-2] // patch, latents.shape[-1] // patch), kwargs.get("timestep")
+        latents.shape[0],
+        (latents.shape[-2] // patch, latents.shape[-1] // patch),
+        kwargs.get("timestep"),
+        # skip-layer guidance: a cond-only call that the pipeline subtracts from its cond prediction
+        cond_reference=kwargs.get("skip_layers") is not None,
     )
 
 
@@ -90,21 +97,26 @@ def transformer_inventory(model: nn.Module, family: TransformerFamily) -> BlockI
 
 
 def transformer_query_targets(model: nn.Module, names: Sequence[str], family: TransformerFamily) -> list[QueryTarget]:
-    """Hook ``norm_q`` (queries after the per-head norm) where it exists, else ``to_q``."""
+    """Hook the queries where the processor really takes them: after ``norm_q`` where it applies one,
+    else the output of ``to_q`` or the first third of a fused ``to_qkv``."""
     modules = dict(model.named_modules())
     attribute_to_stack = {attribute: spec for spec, attribute in family.stacks}
     targets = []
     for name in names:
         attention = modules[name]
-        if getattr(attention, "fused_projections", False):
-            raise ValueError(
-                f"{name} has fused QKV projections; call pipe.transformer.unfuse_qkv_projections() before SEG."
-            )
-        norm = getattr(attention, "norm_q", None)
-        source, token_dim = ("norm_q", family.query_token_dim) if norm is not None else ("to_q", 1)
+        source = query_source(attention, family.query_token_dim)
         image_tail = attribute_to_stack[name.split(".")[0]] in family.image_tail_stacks
         targets.append(
-            QueryTarget(name, attention, getattr(attention, source), False, 0, token_dim, source, image_tail)
+            QueryTarget(
+                name,
+                attention,
+                source.module,
+                0,
+                token_dim=source.token_dim,
+                source=source.attribute,
+                image_tail=image_tail,
+                parts=source.parts,
+            )
         )
     return targets
 
@@ -154,13 +166,14 @@ class _TrueCfgContext:
 
 def transformer_host_reader(pipe: Any, family: TransformerFamily, true_cfg_scale: float, context: Any):
     """SD3 batches CFG like the UNet pipelines; Flux runs true CFG as a second, "uncond" call."""
-    from .unet import host_reader, step_progress
+    from .unet import host_reader
 
     if family is not FLUX:
         return host_reader(pipe)
+    loop_progress = LoopProgress(pipe)
 
     def read(timestep: Any) -> HostStep:
-        progress = step_progress(pipe, timestep * family.timestep_scale if timestep is not None else 0.0)
+        progress = loop_progress(timestep * family.timestep_scale if timestep is not None else None)
         # SEG joins the cond call only, with s/g, so that
         # neg + g·(pos' − neg) = neg + g·(pos − neg) + s·(pos − perturbed)
         uncond = context is not None and context.current() == "uncond"
@@ -202,6 +215,9 @@ def enable_seg_transformer(
         transformer_fork_plan(model, names, family) if share_prefix else None,
         read_inputs=lambda args, kwargs: family.read_inputs(model, args, kwargs),
         unbatched=family.unbatched,
+        owns_call=call_owner_check(pipe, pipe.transformer),
+        scope=pipe,
+        query_source=lambda target: query_source(target.attention, family.query_token_dim).module,
     )
     hooks.context = context
     try:

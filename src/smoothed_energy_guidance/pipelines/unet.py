@@ -11,6 +11,9 @@ from torch import nn
 from ..guidance import SegConfig
 from ..hooks import ForkPlan, HostStep, QueryTarget, SegHooks, append_cond_rows
 from ..layers import AttentionInventory, resolve_layers, unet_self_attention_inventory
+from .progress import LoopProgress
+from .queries import query_source
+from .scope import call_owner_check
 
 UNDO_HINT = (
     "Enable SEG again after fusing QKV projections, loading LoRA or replacing the UNet "
@@ -43,24 +46,39 @@ def unet_downsample_levels(unet: nn.Module, name: str) -> int:
 
 
 def unet_query_targets(unet: nn.Module, layer_names: Sequence[str]) -> list[QueryTarget]:
-    """The query projection of each selected attention: ``to_q``, or ``to_qkv`` when fused."""
+    """The query projection each selected attention's processor really calls: ``to_q`` or fused ``to_qkv``."""
     modules = dict(unet.named_modules())
     targets = []
     for name in layer_names:
         attention = modules[name]
-        fused = bool(getattr(attention, "fused_projections", False)) and hasattr(attention, "to_qkv")
-        projection = attention.to_qkv if fused else attention.to_q
+        source = query_source(attention)
         targets.append(
             QueryTarget(
                 name,
                 attention,
-                projection,
-                fused,
+                source.module,
                 unet_downsample_levels(unet, name),
-                source="to_qkv" if fused else "to_q",
+                token_dim=source.token_dim,
+                source=source.attribute,
+                parts=source.parts,
             )
         )
     return targets
+
+
+def current_query_module(target: QueryTarget) -> nn.Module:
+    """The module the target's processor takes its queries from now (to spot swaps after enabling)."""
+    return query_source(target.attention, target.token_dim).module
+
+
+def default_unet_layers(unet: nn.Module, inventory: AttentionInventory) -> tuple[str, ...]:
+    """``["mid"]``; for a UNet whose mid block has no self-attention (SSD-1B and other distilled
+    SDXL layouts), every self-attention at its lowest-resolution level, which sees the mid block's grid."""
+    if inventory.parts.get("mid"):
+        return ("mid",)
+    levels = {name: unet_downsample_levels(unet, name) for name in inventory.names}
+    deepest = max(levels.values())
+    return tuple(name for name in inventory.names if levels[name] == deepest)
 
 
 def unet_blocks_in_order(unet: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -108,41 +126,26 @@ def unet_fork_plan(unet: nn.Module, layer_names: Sequence[str]) -> ForkPlan:
     return ForkPlan(tuple(block for _, block in blocks[first:]), widen_inputs)
 
 
-def _first_timestep(timestep: Any) -> float:
-    if isinstance(timestep, torch.Tensor):
-        return float(timestep.reshape(-1)[0])
-    return float(timestep)
-
-
-def step_progress(pipe: Any, timestep: Any) -> float:
-    """Fraction of the host's denoising loop done when ``timestep`` is denoised (0 at the first step)."""
-    schedule = pipe.scheduler.timesteps
-    begin = getattr(pipe.scheduler, "begin_index", None) or 0
-    run = schedule[begin:]
-    total = getattr(pipe, "num_timesteps", None) or len(run)
-    if len(run) == 0 or total == 0:
-        return 0.0
-    index = int((run.float() - _first_timestep(timestep)).abs().argmin())
-    return index / total
-
-
 def host_reader(pipe: Any):
     """Read, per denoiser call, what the host pipeline's own loop is doing."""
+
+    progress = LoopProgress(pipe)
 
     def read(timestep: Any) -> HostStep:
         return HostStep(
             cfg=bool(pipe.do_classifier_free_guidance),
             guidance_scale=float(pipe.guidance_scale),
             guidance_rescale=float(getattr(pipe, "guidance_rescale", 0.0) or 0.0),
-            progress=step_progress(pipe, timestep),
+            progress=progress(timestep),
         )
 
     return read
 
 
 def enable_seg_unet(pipe: Any, config: SegConfig, share_prefix: bool = True) -> SegHooks:
-    """Attach SEG to ``pipe.unet`` (SD 1.x / 2.x / SDXL families)."""
-    return attach_seg_to_unet(pipe.unet, config, host_reader(pipe), share_prefix)
+    """Attach SEG to ``pipe.unet`` (SD 1.x / 2.x / SDXL families), acting on ``pipe``'s calls only."""
+    owns_call = call_owner_check(pipe, pipe.unet)
+    return attach_seg_to_unet(pipe.unet, config, host_reader(pipe), share_prefix, owns_call, scope=pipe)
 
 
 def attach_seg_to_unet(
@@ -150,10 +153,27 @@ def attach_seg_to_unet(
     config: SegConfig,
     read_host: Callable[[Any], HostStep],
     share_prefix: bool = True,
+    owns_call: Callable[[], bool] | None = None,
+    scope: Any = None,
 ) -> SegHooks:
-    """Attach SEG's hooks to a UNet driven by any loop; ``read_host(timestep)`` describes each call."""
+    """Attach SEG's hooks to a UNet driven by any loop; ``read_host(timestep)`` describes each call.
+
+    ``owns_call`` / ``scope``: restrict SEG to the calls of one pipeline (see :class:`SegHooks`).
+    """
     model = getattr(unet, "_orig_mod", unet)  # the module inside torch.compile's wrapper
-    layer_names = resolve_layers(config.layers or ("mid",), unet_inventory(model))
+    inventory = unet_inventory(model)
+    specs = config.layers if config.layers is not None else default_unet_layers(model, inventory)
+    layer_names = resolve_layers(specs, inventory)
     fork = unet_fork_plan(model, layer_names) if share_prefix else None
-    hooks = SegHooks(unet, unet_query_targets(model, layer_names), config, read_host, UNDO_HINT, fork)
+    hooks = SegHooks(
+        unet,
+        unet_query_targets(model, layer_names),
+        config,
+        read_host,
+        UNDO_HINT,
+        fork,
+        owns_call=owns_call,
+        scope=scope,
+        query_source=current_query_module,
+    )
     return hooks.attach()

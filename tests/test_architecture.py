@@ -9,7 +9,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "smoothed_energy_guidance"
 CORE = {"blur", "layers", "guidance"}
-STDLIB_OK = {"__future__", "math", "re", "functools", "dataclasses", "collections", "typing", "importlib"}
+STDLIB_OK = {"__future__", "math", "re", "functools", "dataclasses", "collections", "typing", "importlib", "threading"}
 
 
 def imports(path: Path) -> set[str]:

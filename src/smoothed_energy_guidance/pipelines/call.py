@@ -62,7 +62,7 @@ class SegCallMixin:
         super().__init_subclass__(**kwargs)
         if "__call__" in cls.__dict__:
             return  # a subclass that writes its own __call__ keeps it
-        host_call = super(SegCallMixin, cls).__call__
+        host_call = super().__call__
 
         @functools.wraps(host_call)
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -97,4 +97,4 @@ class SegCallMixin:
             end=seg_guidance_end,
             true_cfg_scale=true_cfg if true_cfg > 1 and has_negative else 1.0,
         ):
-            return super(SegCallMixin, self).__call__(*args, **kwargs)
+            return super().__call__(*args, **kwargs)

@@ -38,7 +38,9 @@ def applies_query_norm(attention: nn.Module) -> bool:
     """Whether the processor normalises the queries with ``attention.norm_q`` (SD3's fused one does not)."""
     if getattr(attention, "norm_q", None) is None:
         return False
-    code = getattr(getattr(type(getattr(attention, "processor", None)), "__call__", None), "__code__", None)
+    processor_type = type(getattr(attention, "processor", None))
+    processor_call = next((vars(cls)["__call__"] for cls in processor_type.__mro__ if "__call__" in vars(cls)), None)
+    code = getattr(processor_call, "__code__", None)
     return code is None or "norm_q" in code.co_names
 
 

@@ -91,8 +91,12 @@ def tiny_sdxl_unet(
     in_channels: int = 4,
     down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "UpBlock2D"),
+    mid_block_type: str = "UNetMidBlock2DCrossAttn",
 ) -> UNet2DConditionModel:
-    """SDXL's UNet layout at toy size: text_time conditioning, attention at level 1 by default."""
+    """SDXL's UNet layout at toy size: text_time conditioning, attention at level 1 by default.
+
+    ``mid_block_type="UNetMidBlock2D"`` gives the distilled layout of SSD-1B (no mid-block attention).
+    """
     return UNet2DConditionModel(
         sample_size=16,
         in_channels=in_channels,
@@ -101,6 +105,7 @@ def tiny_sdxl_unet(
         layers_per_block=2,
         down_block_types=down_block_types,
         up_block_types=up_block_types,
+        mid_block_type=mid_block_type,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -121,10 +126,12 @@ def sharpen_self_attention(unet: torch.nn.Module, factor: float) -> None:
                 module.to_k.weight.mul_(factor)
 
 
-def tiny_sdxl_components(seed: int = 0, unet_in_channels: int = 4, sharpen: float = 4.0) -> dict[str, Any]:
+def tiny_sdxl_components(
+    seed: int = 0, unet_in_channels: int = 4, sharpen: float = 4.0, mid_block_type: str = "UNetMidBlock2DCrossAttn"
+) -> dict[str, Any]:
     """Every component of a ``StableDiffusionXL*Pipeline``, random weights, seeded."""
     torch.manual_seed(seed)
-    unet = tiny_sdxl_unet(unet_in_channels)
+    unet = tiny_sdxl_unet(unet_in_channels, mid_block_type=mid_block_type)
     sharpen_self_attention(unet, sharpen)
     vae = AutoencoderKL(
         block_out_channels=(32, 64),

@@ -40,12 +40,16 @@ def reference_seg_transformer(
     text_tokens=None,
     token_dim=2,
     true_cfg_scale=None,
+    hand_true_cond=False,
 ):
     """Patch ``model.forward`` and each chosen attention's query source for the duration.
 
     ``text_tokens``: for each attention name, how many text tokens precede the image tokens in its
     query (Flux single-stream blocks); ``true_cfg_scale``: the pipeline alternates cond / uncond
-    calls and SEG joins the cond ones.
+    calls and SEG joins the cond ones. ``hand_true_cond``: under CFG, hand the host
+    ``[u', cond]`` with ``u' + g·(cond − u') = pred`` instead of ``[pred, pred]``, so that host code
+    reading its cond prediction back (SD3 skip-layer guidance) sees the real one. Calls with
+    ``skip_layers`` (skip-layer guidance) run untouched.
     """
     modules = dict(model.named_modules())
     state = {"rows": None, "calls": 0}
@@ -67,6 +71,8 @@ def reference_seg_transformer(
     original_forward = model.forward
 
     def model_forward(*args, **kwargs):
+        if kwargs.get("skip_layers") is not None:
+            return original_forward(*args, **kwargs)
         index = state["calls"]
         state["calls"] += 1
         if true_cfg_scale is not None and index % 2 == 1:  # the uncond call of this step
@@ -87,6 +93,10 @@ def reference_seg_transformer(
         if cfg:
             uncond, cond_pred, perturbed = noise.chunk(3)
             pred = uncond + guidance_scale * (cond_pred - uncond) + scale * (cond_pred - perturbed)
+            if hand_true_cond:
+                pred64, cond64 = pred.double(), cond_pred.double()
+                uncond_prime = (pred64 - guidance_scale * cond64) / (1 - guidance_scale)
+                return (torch.cat([uncond_prime.to(pred.dtype), cond_pred]),)
             return (torch.cat([pred, pred]),)
         cond_pred, perturbed = noise.chunk(2)
         return (cond_pred + scale * (cond_pred - perturbed),)

@@ -327,3 +327,51 @@ def test_sd15_img2img_inpaint_and_controlnet_match_the_reference(task):
         1.0,
         True,
     )
+
+
+def _slg_call(images: int, seed_of_image_1: int = 0):
+    noise = [torch.randn(1, 4, 16, 24, generator=torch.Generator().manual_seed(s)) for s in (0, seed_of_image_1 + 1)]
+    return dict(
+        prompt="a cube",
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        height=32,
+        width=48,
+        max_sequence_length=TEXT,
+        num_images_per_prompt=images,
+        latents=torch.cat(noise[:images]),
+        skip_guidance_layers=[2],
+        skip_layer_guidance_scale=2.8,
+        skip_layer_guidance_start=0.0,
+        skip_layer_guidance_stop=1.0,
+        output_type="latent",
+    )
+
+
+@pytest.mark.parametrize("images", [1, 2])
+def test_sd3_skip_layer_guidance_composes_with_seg(sd3_parts, images):
+    """uncond + g·(cond − uncond) + s·(cond − seg) + slg·(cond − skip), the host doing the SLG part itself."""
+    from diffusers import StableDiffusion3Pipeline
+
+    ours = make_pipe(seg.StableDiffusion3SEGPipeline, sd3_parts)
+    host = make_pipe(StableDiffusion3Pipeline, sd3_parts)
+    slg_calls = []
+    handle = host.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: slg_calls.append(kwargs.get("skip_layers") is not None), with_kwargs=True
+    )
+    try:
+        result = ours(**_slg_call(images), seg_blur_sigma=1.0).images
+        with reference_seg_transformer(
+            host.transformer, ["transformer_blocks.1.attn"], (8, 12), 1.0, 3.0, True, 5.0, hand_true_cond=True
+        ):
+            reference = host(**_slg_call(images)).images
+    finally:
+        handle.remove()
+    assert sum(slg_calls) == 2 * 3  # skip-layer calls on steps 1-3, in both runs
+    without_slg = host(**{**_slg_call(images), "skip_guidance_layers": None}).images
+    assert (result - reference).abs().max() <= TOLERANCE
+    assert (reference - host(**_slg_call(images)).images).abs().max() > MIN_EFFECT  # SEG matters
+    assert (reference - without_slg).abs().max() > MIN_EFFECT  # skip-layer guidance matters
+    if images == 2:  # image 0 never depends on image 1
+        changed = ours(**_slg_call(images, seed_of_image_1=5), seg_blur_sigma=1.0).images
+        assert torch.equal(changed[0], result[0]) or (changed[0] - result[0]).abs().max() <= 1e-6

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import os
 import shutil
 import socket
@@ -16,7 +17,8 @@ from PIL import Image
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio", reason="the web UI needs the [ui] extra")
 
-from smoothed_energy_guidance.cli.metadata import read_png_settings  # noqa: E402
+from smoothed_energy_guidance.cli.metadata import read_png_settings, save_png  # noqa: E402
+from smoothed_energy_guidance.cli.settings import GenerationSettings  # noqa: E402
 from smoothed_energy_guidance.ui.actions import Form, Studio, form_from_png  # noqa: E402
 from smoothed_energy_guidance.ui.app import build_app  # noqa: E402
 
@@ -35,7 +37,7 @@ def small_form(**changes) -> Form:
         cfg=5.0,
         seed=7,
         seg_scale=3.0,
-        sigma_position=1.0,
+        sigma="2",
         layers="",
         seg_start=0.0,
         seg_end=1.0,
@@ -66,7 +68,15 @@ def test_sweep_and_loading_settings_back(studio):
         "SEG σ = ∞",
     ]
     form = form_from_png(cells[-1][0])
-    assert form.prompt == "a red cube" and form.sigma_position == 10 and form.steps == 2 and form.seed == 7
+    assert form.prompt == "a red cube" and form.sigma == "inf" and form.steps == 2 and form.seed == 7
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 9000.0, 10000.5, 0.1, math.inf])
+def test_a_png_sigma_survives_the_form_exactly(tmp_path, sigma):
+    path = save_png(Image.new("RGB", (8, 8)), tmp_path / "in.png", GenerationSettings(blur_sigma=sigma))
+    form = form_from_png(path)
+    assert form.settings().blur_sigma == sigma
+    assert form.sigma == ("inf" if math.isinf(sigma) else repr(sigma))
 
 
 def _free_port() -> int:
@@ -133,12 +143,17 @@ def test_page_compares_in_a_real_browser(studio, tmp_path):
             page.locator("#model textarea, #model input").first.fill("tiny-random")
 
             # dropping a PNG loads its settings back into the form
-            dropped = tmp_path / "dropped.png"
-            dropped.write_bytes(pngs[1])
+            dropped = tmp_path / "dropped.png"  # σ = 0.3 lies below the picker's range: kept exactly
+            record = read_png_settings(io.BytesIO(pngs[1]))[1]["settings"]
+            save_png(
+                Image.open(io.BytesIO(pngs[1])), dropped, GenerationSettings.from_json({**record, "blur_sigma": 0.3})
+            )
             page.locator("#prompt textarea").fill("something else")
             page.locator("#drop-png input[type=file]").set_input_files(str(dropped))
             expect(page.locator("#prompt textarea")).to_have_value("a blue sphere on sand", timeout=60_000)
             expect(page.locator("#steps input")).to_have_value("4")
+            expect(page.locator("#sigma textarea, #sigma input").first).to_have_value("0.3")
+
             browser.close()
     finally:
         app.close()

@@ -54,11 +54,13 @@ class PipelineCache:
             base = load_base_pipeline(
                 settings.model, resolve_dtype(settings.dtype, device), self.config, self.allow_pickle
             )
-            apply_loras(base, settings.loras)
+            apply_loras(base, settings.loras, self.allow_pickle)
             self._bases[base_key] = place_pipeline(base, device, self.offload)
         task_key = (base_key, settings.task, settings.controlnet)
         if task_key not in self._tasks:
-            self._tasks[task_key] = pipeline_for_task(self._bases[base_key], settings.task, settings.controlnet)
+            self._tasks[task_key] = pipeline_for_task(
+                self._bases[base_key], settings.task, settings.controlnet, self.allow_pickle
+            )
         pipe = self._tasks[task_key]
         set_scheduler(pipe, settings.scheduler)
         pipe.set_progress_bar_config(disable=not self.progress, leave=False, desc="steps")

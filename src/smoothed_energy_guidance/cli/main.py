@@ -6,6 +6,7 @@ import argparse
 import json
 import secrets
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="output folder (default ./outputs)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files instead of renaming")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or loader messages")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,8 +165,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_batch(args: argparse.Namespace) -> int:
     from .batch import MANIFEST, run_batch
 
-    written, problems = run_batch(_cache(args), args.prompts, _settings(args), args.out)
+    written, problems = run_batch(
+        _cache(args), args.prompts, _settings(args), args.out, args.overwrite, random_seed=not hasattr(args, "seed")
+    )
     print(f"{written} image(s) written; manifest: {args.out / MANIFEST}")
+    if problems:
+        print(f"{len(problems)} line(s) of {args.prompts.name} skipped; see the messages above.", file=sys.stderr)
     return 1 if problems else 0
 
 
@@ -260,10 +265,17 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``seg`` console script."""
     args = build_parser().parse_args(argv)
+    # the loaders pass torch_dtype on purpose (older diffusers lack its new name); nothing to act on
+    warnings.filterwarnings("ignore", message=r".*`torch_dtype` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"The `local_dir_use_symlinks` argument is deprecated")
     if getattr(args, "quiet", False):
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()  # no "Loading pipeline components" bars either
+        diffusers_logging.set_verbosity_error()  # and no loader chatter; errors still arrive as one line
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()
     try:
         return COMMANDS[args.command](args)
     except (ValueError, ModelLoadError, FileExistsError) as error:

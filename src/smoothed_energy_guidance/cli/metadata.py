@@ -104,12 +104,30 @@ def read_png_settings(path: str | Path) -> tuple[str | None, dict | None]:
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"Cannot read image {path}: not an image PIL can open ({error}).") from None
     record = text.get(JSON_KEY)
-    return text.get(A1111_KEY), json.loads(record) if record else None
+    if not record:
+        return text.get(A1111_KEY), None
+    try:
+        parsed = json.loads(record)
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise ValueError(f"{path}: its '{JSON_KEY}' record is not valid JSON ({error}).") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{path}: its '{JSON_KEY}' record is not a JSON object.")
+    return text.get(A1111_KEY), parsed
 
 
 def settings_from_png(path: str | Path) -> GenerationSettings:
-    """The settings a PNG written by ``seg`` was generated with."""
+    """The settings a PNG written by ``seg`` was generated with.
+
+    The record is untrusted input: anything malformed is one clear ``ValueError``, and it can only
+    carry generation settings (safety options such as ``--allow-pickle`` are never read from it).
+    """
     _, record = read_png_settings(path)
     if record is None:
         raise ValueError(f"{path} carries no smoothed-energy-guidance settings (no '{JSON_KEY}' text chunk).")
-    return GenerationSettings.from_json(record["settings"])
+    settings = record.get("settings")
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: its '{JSON_KEY}' record has no 'settings' object; was it written by seg?")
+    try:
+        return GenerationSettings.from_json(settings)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as error:
+        raise ValueError(f"{path}: its '{JSON_KEY}' record holds unusable settings: {error}") from None

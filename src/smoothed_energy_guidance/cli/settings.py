@@ -39,8 +39,10 @@ class GenerationSettings:
     dtype: str = "auto"
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         object.__setattr__(self, "layers", tuple(self.layers))
-        object.__setattr__(self, "loras", tuple((str(p), float(w)) for p, w in self.loras))
+        object.__setattr__(self, "loras", tuple((p, float(w)) for p, w in self.loras))
+        check_field_values(self)
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}.")
         if self.num_images < 1:
@@ -84,12 +86,86 @@ class GenerationSettings:
         return cls(**values)
 
 
+_TEXT_FIELDS = ("prompt", "negative_prompt", "model", "scheduler", "dtype")
+_OPTIONAL_TEXT_FIELDS = ("controlnet", "control_image", "init_image", "mask")
+_INT_FIELDS = ("steps", "seed", "num_images")
+_OPTIONAL_INT_FIELDS = ("width", "height")
+_NUMBER_FIELDS = ("cfg", "seg_scale", "blur_sigma", "seg_start", "seg_end", "controlnet_scale", "strength")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _type_problem(name: str, value: Any) -> str | None:
+    """What is wrong with the type of field ``name``, or None."""
+    if name in _TEXT_FIELDS or (name in _OPTIONAL_TEXT_FIELDS and value is not None):
+        return None if isinstance(value, str) else "text"
+    if name in _INT_FIELDS or (name in _OPTIONAL_INT_FIELDS and value is not None):
+        return None if _is_int(value) else "a whole number"
+    if name in _NUMBER_FIELDS:
+        return None if _is_number(value) else "a number"
+    if name == "layers":
+        ok = isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value)
+        return None if ok else "a list of layer names"
+    if name == "loras":
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str) and _is_number(item[1])
+            for item in value
+        )
+        return None if ok else "a list of [path, weight] pairs"
+    return None
+
+
+def check_field_types(settings: GenerationSettings) -> None:
+    """Every field has its declared type (batch files and PNG records are untrusted input)."""
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        expected = _type_problem(field.name, value)
+        if expected:
+            raise ValueError(f"{field.name.replace('_', '-')} must be {expected}, got {value!r}.")
+
+
+def check_field_values(settings: GenerationSettings) -> None:
+    """Ranges that would otherwise only fail once a model is loaded and rendering."""
+    checks = [
+        (math.isfinite(settings.cfg) and settings.cfg >= 0, f"cfg must be a finite number >= 0, got {settings.cfg}"),
+        (
+            math.isfinite(settings.seg_scale) and settings.seg_scale >= 0,
+            f"seg-scale must be a finite number >= 0 (0 turns SEG off), got {settings.seg_scale}",
+        ),
+        (
+            not math.isnan(settings.blur_sigma) and settings.blur_sigma > 0,
+            f"blur-sigma must be > 0 or inf, got {settings.blur_sigma}",
+        ),
+        (
+            0 <= settings.seg_start < settings.seg_end <= 1,
+            f"the SEG interval must satisfy 0 <= start < end <= 1, got {settings.seg_start}-{settings.seg_end}",
+        ),
+        (0 < settings.strength <= 1, f"strength must be in (0, 1], got {settings.strength}"),
+        (0 <= settings.seed < 2**63, f"seed must be in [0, 2**63), got {settings.seed}"),
+        (
+            all(side is None or side > 0 for side in (settings.width, settings.height)),
+            f"width and height must be positive, got {settings.width}x{settings.height}",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message + ".")
+
+
 def _float_to_json(value: float) -> float | str:
     return "inf" if math.isinf(value) else value
 
 
 def parse_sigma(value: str | float) -> float:
     """σ from text: a positive number or ``inf``."""
+    if isinstance(value, str) and value.strip() in ("∞", "+∞"):
+        return math.inf
     try:
         sigma = float(value)
     except (TypeError, ValueError):

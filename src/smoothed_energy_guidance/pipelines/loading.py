@@ -101,8 +101,8 @@ def detect_family(model: str) -> str:
             raise ModelLoadError(f"{path} is a folder but not a diffusers pipeline (no model_index.json).")
         return _family_from_index(json.loads(index.read_text(encoding="utf-8")), str(path))
     if path.is_file():
-        if path.suffix != ".safetensors":
-            return "sdxl"  # pickle files are only read after the explicit opt-in; SDXL is the default
+        if not is_safetensors_file(path):
+            return "sdxl"  # other files are only read after the explicit opt-in; SDXL is the default
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as handle:
@@ -129,12 +129,99 @@ def _family_from_index(index: dict, where: str) -> str:
     return family
 
 
-PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 class ModelLoadError(ValueError):
     """A model could not be found or loaded; the message says what was tried and what to do."""
+
+
+_MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors format's own limit on its JSON header
+
+
+def is_safetensors_file(path: str | Path) -> bool:
+    """Whether a file is safetensors by its content (an 8-byte little-endian header size, then a JSON
+    object), whatever its name. Only such files load without running code."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            if len(head) != 8:
+                return False
+            size = int.from_bytes(head, "little")
+            if not 2 <= size <= min(path.stat().st_size - 8, _MAX_SAFETENSORS_HEADER):
+                return False
+            return isinstance(json.loads(handle.read(size)), dict)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+
+
+def _pickle_refusal(what: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"{what} is not in safetensors format (checked by content, not by name). Other checkpoint formats "
+        "are Python pickles, which can run arbitrary code when loaded. Convert it to .safetensors, or pass "
+        "--allow-pickle (allow_pickle=True) if you trust its source."
+    )
+
+
+def refuse_unless_safetensors(path: str | Path, allow_pickle: bool, what: str | None = None) -> None:
+    """Raise unless ``path`` is a safetensors file or the user explicitly allowed pickles."""
+    if not allow_pickle and not is_safetensors_file(path):
+        raise _pickle_refusal(what or Path(path).name)
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def refuse_pickle_only_folder(folder: Path, allow_pickle: bool) -> None:
+    """Raise if a component of a diffusers folder has weights but none in safetensors format."""
+    if allow_pickle:
+        return
+    for component in sorted(p for p in folder.iterdir() if p.is_dir()):
+        weights = [p for p in component.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES]
+        if weights and not any(is_safetensors_file(p) for p in weights):
+            raise _pickle_refusal(f"{folder.name}/{component.name} (its weights, {weights[0].name}, …)")
+
+
+def hub_repo_files(repo: str) -> list[str] | None:
+    """The files of a hub repository: listed online, else from the local cache; None if unknown."""
+    import huggingface_hub
+
+    try:
+        return list(huggingface_hub.list_repo_files(repo))
+    except Exception:  # noqa: BLE001 - offline, private or unknown: fall back to the cache
+        try:
+            snapshot = Path(huggingface_hub.snapshot_download(repo, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not cached either: diffusers will say what is missing
+            return None
+        return [str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if p.is_file()]
+
+
+def refuse_pickle_only_repo(repo: str, allow_pickle: bool) -> None:
+    """Raise, before any download, if a hub repository's component has only non-safetensors weights.
+
+    Safety itself comes from ``use_safetensors=True`` (diffusers then reads only safetensors files,
+    which cannot run code); this check turns the refusal into one clear message.
+    """
+    files = None if allow_pickle else hub_repo_files(repo)
+    by_component: dict[str, list[str]] = {}
+    for name in files or ():
+        component, _, file = name.partition("/")
+        if file and "/" not in file and Path(file).suffix in _WEIGHT_SUFFIXES:
+            by_component.setdefault(component, []).append(file)
+    for component, weights in sorted(by_component.items()):
+        if not any(name.endswith(".safetensors") for name in weights):
+            raise _pickle_refusal(f"{repo}/{component} (its weights, {weights[0]}, …)")
+
+
+def _load_safetensors_only(load: Any, where: str, allow_pickle: bool) -> Any:
+    """Run a ``from_pretrained`` that was told ``use_safetensors=True``; explain a pickle-only model."""
+    try:
+        return load()
+    except (OSError, ValueError) as error:
+        if not allow_pickle and "safetensors" in str(error).lower():
+            raise _pickle_refusal(f"{where} (it has no safetensors weights)") from error
+        raise
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -215,8 +302,12 @@ def load_base_pipeline(
     allow_pickle: bool = False,
 ) -> Any:
     """The text-to-image SEG pipeline of ``model``'s family, on the CPU; see :func:`load_pipeline`."""
+    path = Path(model).expanduser()
+    if path.is_file():
+        refuse_unless_safetensors(path, allow_pickle)
     family = detect_family(model)
     cls = FAMILY_TASKS[family]["text2img"]
+    use_safetensors = None if allow_pickle else True
     if model == TOY_MODEL:
         if not (TOY_MODEL_DIR / "model_index.json").exists():
             raise ModelLoadError(
@@ -235,26 +326,32 @@ def load_base_pipeline(
         }
         pipe = cls(**builders[family](seed=0))
         return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
-    path = Path(model).expanduser()
     if path.is_dir():  # detect_family has checked it holds a pipeline
-        return cls.from_pretrained(path, torch_dtype=dtype, use_safetensors=None if allow_pickle else True)
-    if path.is_file():
-        if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
-            raise ModelLoadError(
-                f"{path.name} is a pickle checkpoint, which can run arbitrary code when loaded. Convert it to "
-                ".safetensors, or pass --allow-pickle if you trust its source."
-            )
+        refuse_pickle_only_folder(path, allow_pickle)
+        return _load_safetensors_only(
+            lambda: cls.from_pretrained(path, torch_dtype=dtype, use_safetensors=use_safetensors),
+            str(path),
+            allow_pickle,
+        )
+    if path.is_file():  # checked above: safetensors, or pickles explicitly allowed
         kwargs: dict[str, Any] = {"torch_dtype": dtype}
         if config is not None:
             kwargs["config"] = str(config)
         return cls.from_single_file(str(path), **kwargs)
+    refuse_pickle_only_repo(model, allow_pickle)
     try:
-        return cls.from_pretrained(model, torch_dtype=dtype)
+        return _load_safetensors_only(
+            lambda: cls.from_pretrained(model, torch_dtype=dtype, use_safetensors=use_safetensors), model, allow_pickle
+        )
+    except ModelLoadError:
+        raise
     except (OSError, ValueError) as error:
         raise _not_found(model, error) from error
 
 
-def pipeline_for_task(base: Any, task: str, controlnet: str | Sequence[str] | None = None) -> Any:
+def pipeline_for_task(
+    base: Any, task: str, controlnet: str | Sequence[str] | None = None, allow_pickle: bool = False
+) -> Any:
     """A pipeline for ``task`` sharing ``base``'s components (no second load)."""
     family = family_of_pipeline(base)
     tasks = FAMILY_TASKS[family]
@@ -267,15 +364,19 @@ def pipeline_for_task(base: Any, task: str, controlnet: str | Sequence[str] | No
     if task != "controlnet":
         return tasks[task].from_pipe(base)
     names = [controlnet] if isinstance(controlnet, str) else list(controlnet)
-    nets = [load_controlnet(name, base.unet, base.unet.dtype).to(base.unet.device) for name in names]
+    nets = [load_controlnet(name, base.unet, base.unet.dtype, allow_pickle).to(base.unet.device) for name in names]
     return tasks[task].from_pipe(base, controlnet=nets[0] if len(nets) == 1 else nets)
 
 
-def apply_loras(pipe: Any, loras: Sequence[tuple[str, float]]) -> None:
-    """Load LoRA files (``(path, weight)`` pairs) into the pipeline, all active at their weights."""
+def apply_loras(pipe: Any, loras: Sequence[tuple[str, float]], allow_pickle: bool = False) -> None:
+    """Load LoRA files (``(path, weight)`` pairs) into the pipeline, all active at their weights.
+
+    Only safetensors files (by content) load unless ``allow_pickle``.
+    """
     for index, (path, _) in enumerate(loras):
         if not Path(path).expanduser().exists():
             raise ModelLoadError(f"LoRA file {path} was not found.")
+        refuse_unless_safetensors(Path(path).expanduser(), allow_pickle, f"LoRA file {Path(path).name}")
         pipe.load_lora_weights(str(Path(path).expanduser()), adapter_name=f"lora{index}")
     if loras:
         pipe.set_adapters([f"lora{i}" for i in range(len(loras))], adapter_weights=[w for _, w in loras])
@@ -304,21 +405,28 @@ def load_pipeline(
     """
     torch_device = resolve_device(device)
     base = load_base_pipeline(model, resolve_dtype(dtype, torch_device), config, allow_pickle)
-    apply_loras(base, loras)
-    pipe = pipeline_for_task(base, task, controlnet)
+    apply_loras(base, loras, allow_pickle)
+    pipe = pipeline_for_task(base, task, controlnet, allow_pickle)
     if scheduler:
         set_scheduler(pipe, scheduler)
     return place_pipeline(pipe, torch_device, offload)
 
 
-def load_controlnet(name: str, unet: Any, dtype: torch.dtype) -> ControlNetModel:
+def load_controlnet(name: str, unet: Any, dtype: torch.dtype, allow_pickle: bool = False) -> ControlNetModel:
     """A ControlNet from a folder or hub id; ``tiny-random`` builds one for the tiny UNet."""
     if name == TINY_RANDOM:
         from .tiny import tiny_controlnet
 
         return tiny_controlnet(unet).to(dtype=dtype)  # fp32 stays fp32
+    use_safetensors = None if allow_pickle else True
     try:
-        return ControlNetModel.from_pretrained(name, torch_dtype=dtype)
+        return _load_safetensors_only(
+            lambda: ControlNetModel.from_pretrained(name, torch_dtype=dtype, use_safetensors=use_safetensors),
+            name,
+            allow_pickle,
+        )
+    except ModelLoadError:
+        raise
     except (OSError, ValueError) as error:
         raise _not_found(name, error) from error
 

@@ -10,9 +10,10 @@ from typing import Any
 
 from ..cli.generate import PipelineCache
 from ..cli.metadata import free_path, save_png, settings_from_png
-from ..cli.settings import GenerationSettings, parse_layers
+from ..cli.settings import GenerationSettings, parse_layers, parse_sigma
 
-#: The σ slider is exponential: position p gives σ = 2**p, and its last position is ∞.
+#: The σ picker slider is exponential: position p gives σ = 2**p, and its last position is ∞. The
+#: σ text field next to it holds the exact value (any σ > 0, or inf), so a PNG's σ survives a reload.
 SIGMA_STEPS = 10
 SWEEP_SIGMAS = (1.0, 4.0, 16.0, 64.0, math.inf)
 
@@ -27,7 +28,17 @@ def sigma_from_slider(position: float) -> float:
 
 
 def slider_from_sigma(sigma: float) -> float:
+    """The picker position nearest to σ (σ itself is kept exactly in the text field)."""
     return SIGMA_STEPS if math.isinf(sigma) else max(0.0, min(SIGMA_STEPS - 0.5, math.log2(sigma)))
+
+
+def sigma_text(sigma: float) -> str:
+    """σ as the text field shows it: ``inf``, or the float's shortest exact form (``0.5``, ``9000.0``).
+
+    >>> sigma_text(float("inf")), sigma_text(0.1), parse_sigma(sigma_text(0.1)) == 0.1
+    ('inf', '0.1', True)
+    """
+    return "inf" if math.isinf(sigma) else repr(float(sigma))
 
 
 @dataclass
@@ -43,7 +54,7 @@ class Form:
     cfg: float
     seed: int
     seg_scale: float
-    sigma_position: float
+    sigma: str  # exact σ as text: a number > 0, or inf / ∞
     layers: str
     seg_start: float
     seg_end: float
@@ -53,13 +64,13 @@ class Form:
             model=self.model.strip(),
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
-            width=int(self.width),
-            height=int(self.height),
+            width=int(self.width) or None,  # 0: the model's default size
+            height=int(self.height) or None,
             steps=int(self.steps),
             cfg=float(self.cfg),
             seed=int(self.seed),
             seg_scale=float(self.seg_scale),
-            blur_sigma=sigma_from_slider(self.sigma_position),
+            blur_sigma=parse_sigma(self.sigma),
             layers=parse_layers(self.layers or ""),
             seg_start=float(self.seg_start),
             seg_end=float(self.seg_end),
@@ -77,7 +88,7 @@ class Form:
             settings.cfg,
             settings.seed,
             settings.seg_scale,
-            slider_from_sigma(settings.blur_sigma),
+            sigma_text(settings.blur_sigma),
             " ".join(settings.layers),
             settings.seg_start,
             settings.seg_end,

@@ -8,8 +8,19 @@ from typing import Any
 
 import gradio as gr
 
+from ..cli.settings import parse_sigma
 from ..pipelines import TOY_MODEL
-from .actions import SIGMA_STEPS, Form, Studio, describe_error, form_from_png, form_values, sigma_from_slider
+from .actions import (
+    SIGMA_STEPS,
+    Form,
+    Studio,
+    describe_error,
+    form_from_png,
+    form_values,
+    sigma_from_slider,
+    sigma_text,
+    slider_from_sigma,
+)
 
 INTRO = (
     "**Smoothed Energy Guidance** pushes a sample away from a prediction whose self-attention queries are "
@@ -56,15 +67,15 @@ def build_app(default_model: str = TOY_MODEL, studio: Studio | None = None) -> g
                     seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
             with gr.Column(scale=1):
                 seg_scale = gr.Slider(0, 10, 3.0, step=0.1, label="SEG scale", elem_id="seg-scale")
-                sigma = gr.Slider(
+                sigma_picker = gr.Slider(
                     0,
                     SIGMA_STEPS,
                     SIGMA_STEPS,
                     step=0.5,
-                    elem_id="sigma",
-                    label=f"Blur σ = 2^position ({SIGMA_STEPS} = ∞)",
+                    elem_id="sigma-picker",
+                    label=f"Pick blur σ = 2^position ({SIGMA_STEPS} = ∞)",
                 )
-                sigma_text = gr.Markdown("σ = ∞ (uniform queries)")
+                sigma = gr.Textbox("inf", label="Blur σ (any number > 0, or inf)", elem_id="sigma")
                 layers = gr.Textbox(
                     "", label="Layers (empty: model default, e.g. mid, d4-d9, blocks.7)", elem_id="layers"
                 )
@@ -98,14 +109,20 @@ def build_app(default_model: str = TOY_MODEL, studio: Studio | None = None) -> g
                 return [gr.update() for _ in fields]
             return form_values(form_from_png(Path(getattr(file, "name", file))))
 
-        def show_sigma(position: float) -> str:
-            value = sigma_from_slider(position)
-            return "σ = ∞ (uniform queries)" if value == float("inf") else f"σ = {value:g}"
+        def pick_sigma(position: float) -> str:
+            return sigma_text(sigma_from_slider(position))
+
+        def follow_sigma(text: str):
+            try:  # the picker follows a typed or loaded σ; the text keeps the exact value
+                return slider_from_sigma(parse_sigma(text))
+            except ValueError:
+                return gr.update()
 
         compare_button.click(_guarded(compare), fields, [without_image, with_image, downloads])
         sweep_button.click(_guarded(sweep), fields, [gallery, downloads])
         dropped.upload(_guarded(load), dropped, fields)
-        sigma.change(show_sigma, sigma, sigma_text)
+        sigma_picker.release(pick_sigma, sigma_picker, sigma)
+        sigma.change(follow_sigma, sigma, sigma_picker)
     return app
 
 

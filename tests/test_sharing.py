@@ -64,10 +64,29 @@ def test_concurrent_calls_on_pipelines_sharing_a_unet_never_mix(seg_pipe):
     plain.scheduler = EulerDiscreteScheduler.from_config(seg_pipe.scheduler.config)  # schedulers hold loop state
     other_seg = seg.from_pipe(seg_pipe, scheduler=EulerDiscreteScheduler.from_config(seg_pipe.scheduler.config))
     other_seg.set_progress_bar_config(disable=True)
+    # the tokenizers are shared too and are not thread-safe in transformers: encode up front
+    embeds = dict(
+        zip(
+            ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"),
+            seg_pipe.encode_prompt("a cube", device="cpu"),
+            strict=True,
+        )
+    )
+
+    def embedded(pipe, **extra):
+        return pipe(
+            num_inference_steps=8,
+            latents=latents(1, 16, 16),
+            guidance_scale=5.0,
+            output_type="latent",
+            **embeds,
+            **extra,
+        ).images
+
     jobs = {
-        "seg": lambda: run(seg_pipe, steps=8, seg_blur_sigma=1.0),
-        "plain": lambda: run(plain, steps=8),
-        "other-seg": lambda: run(other_seg, steps=8, seg_blur_sigma=4.0, seg_applied_layers=["up"]),
+        "seg": lambda: embedded(seg_pipe, seg_blur_sigma=1.0),
+        "plain": lambda: embedded(plain),
+        "other-seg": lambda: embedded(other_seg, seg_blur_sigma=4.0, seg_applied_layers=["up"]),
     }
     alone = {name: job() for name, job in jobs.items()}
     results: dict[str, list[torch.Tensor]] = {name: [] for name in jobs}

@@ -22,6 +22,7 @@ _EXPORTS = {
     "SegHooks": "hooks",
     "enable_seg": "pipelines",
     "from_pipe": "pipelines",
+    "SmoothedEnergyGuidance": "pipelines",
     "StableDiffusionSEGPipeline": "pipelines",
     "StableDiffusionSEGImg2ImgPipeline": "pipelines",
     "StableDiffusionSEGInpaintPipeline": "pipelines",

@@ -196,6 +196,7 @@ class SegHooks:
         owns_call: Callable[[], bool] | None = None,
         scope: Any = None,
         query_source: Callable[[QueryTarget], nn.Module | None] | None = None,
+        take_perturbed: Callable[[torch.Tensor], None] | None = None,
     ) -> None:
         self.denoiser = denoiser
         self.fork = fork
@@ -208,6 +209,8 @@ class SegHooks:
         self.owns_call = owns_call
         self.scope = scope
         self.query_source = query_source or (lambda target: getattr(target.attention, target.source, None))
+        # A guider combines the predictions itself: it receives the perturbed one and the host the cond one.
+        self.take_perturbed = take_perturbed
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._state = _ThreadCall()
 
@@ -355,6 +358,10 @@ class SegHooks:
                 f"{self.undo_hint}".strip()
             )
         pred = _first_output(output)
+        if self.take_perturbed is not None and not call.host.cfg:
+            pred_cond, pred_perturbed = split_rows(pred, 2)
+            self.take_perturbed(pred_perturbed)
+            return _replace_first_output(output, pred_cond)
         if call.host.cfg:
             pred_uncond, pred_cond, pred_perturbed = split_rows(pred, 3)
         else:

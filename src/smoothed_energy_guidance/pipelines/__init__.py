@@ -7,6 +7,7 @@ from .dit import (
     StableDiffusion3SEGPipeline,
 )
 from .enable import SUPPORTED_FAMILIES, enable_seg, from_pipe
+from .guider import SmoothedEnergyGuidance
 from .loading import (
     DEFAULT_MODEL,
     FAMILY_TASKS,
@@ -43,6 +44,7 @@ from .sdxl import (
 
 __all__ = [
     "SUPPORTED_FAMILIES",
+    "SmoothedEnergyGuidance",
     "FluxSEGImg2ImgPipeline",
     "FluxSEGPipeline",
     "StableDiffusion3SEGImg2ImgPipeline",

@@ -197,27 +197,57 @@ class TransformerSegHooks(SegHooks):
 def enable_seg_transformer(
     pipe: Any, config: SegConfig, share_prefix: bool = True, true_cfg_scale: float = 1.0
 ) -> SegHooks:
-    """Attach SEG to ``pipe.transformer`` (SD3 / SD3.5 / Flux.1)."""
+    """Attach SEG to ``pipe.transformer`` (SD3 / SD3.5 / Flux.1), acting on ``pipe``'s calls only."""
     model = getattr(pipe.transformer, "_orig_mod", pipe.transformer)
+    family = transformer_family(model)
+    if true_cfg_scale <= 0 or not math.isfinite(true_cfg_scale):
+        raise ValueError(f"true_cfg_scale must be a positive number, got {true_cfg_scale!r}.")
+    context = _TrueCfgContext(model) if family is FLUX and config.enabled else None
+    try:
+        return attach_seg_to_transformer(
+            pipe.transformer,
+            config,
+            transformer_host_reader(pipe, family, true_cfg_scale, context),
+            share_prefix,
+            owns_call=call_owner_check(pipe, pipe.transformer),
+            scope=pipe,
+            context=context,
+        )
+    except BaseException:
+        if context is not None:
+            context.remove()
+        raise
+
+
+def attach_seg_to_transformer(
+    transformer: nn.Module,
+    config: SegConfig,
+    read_host: Callable[[Any], HostStep],
+    share_prefix: bool = True,
+    owns_call: Callable[[], bool] | None = None,
+    scope: Any = None,
+    take_perturbed: Callable[[Any], None] | None = None,
+    context: _TrueCfgContext | None = None,
+) -> SegHooks:
+    """Attach SEG's hooks to a transformer driven by any loop; ``read_host(timestep)`` describes each call."""
+    model = getattr(transformer, "_orig_mod", transformer)
     family = transformer_family(model)
     inventory = transformer_inventory(model, family)
     specs = config.layers if config.layers is not None else inventory.default_layers()
     names = resolve_block_layers(specs, inventory)
-    if true_cfg_scale <= 0 or not math.isfinite(true_cfg_scale):
-        raise ValueError(f"true_cfg_scale must be a positive number, got {true_cfg_scale!r}.")
-    context = _TrueCfgContext(model) if family is FLUX and config.enabled else None
     hooks = TransformerSegHooks(
-        pipe.transformer,
+        transformer,
         transformer_query_targets(model, names, family),
         config,
-        transformer_host_reader(pipe, family, true_cfg_scale, context),
+        read_host,
         UNDO_HINT,
         transformer_fork_plan(model, names, family) if share_prefix else None,
         read_inputs=lambda args, kwargs: family.read_inputs(model, args, kwargs),
         unbatched=family.unbatched,
-        owns_call=call_owner_check(pipe, pipe.transformer),
-        scope=pipe,
+        owns_call=owns_call,
+        scope=scope,
         query_source=lambda target: query_source(target.attention, family.query_token_dim).module,
+        take_perturbed=take_perturbed,
     )
     hooks.context = context
     try:

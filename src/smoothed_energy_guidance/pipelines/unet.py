@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..guidance import SegConfig
@@ -154,10 +155,12 @@ def attach_seg_to_unet(
     share_prefix: bool = True,
     owns_call: Callable[[], bool] | None = None,
     scope: Any = None,
+    take_perturbed: Callable[[torch.Tensor], None] | None = None,
 ) -> SegHooks:
     """Attach SEG's hooks to a UNet driven by any loop; ``read_host(timestep)`` describes each call.
 
-    ``owns_call`` / ``scope``: restrict SEG to the calls of one pipeline (see :class:`SegHooks`).
+    ``owns_call`` / ``scope``: restrict SEG to the calls of one pipeline; ``take_perturbed``: hand
+    the perturbed prediction to a guider instead of combining (see :class:`SegHooks`).
     """
     model = getattr(unet, "_orig_mod", unet)  # the module inside torch.compile's wrapper
     inventory = unet_inventory(model)
@@ -174,5 +177,6 @@ def attach_seg_to_unet(
         owns_call=owns_call,
         scope=scope,
         query_source=current_query_module,
+        take_perturbed=take_perturbed,
     )
     return hooks.attach()

@@ -17,7 +17,7 @@ from reference import reference_blur_matrix
 
 def _blur_rows(q, rows: slice, grid, sigma, token_dim: int, text_tokens: int):
     matrix = reference_blur_matrix(sigma, *grid).to(torch.float64)
-    image = slice(text_tokens, None)
+    image = slice(text_tokens, text_tokens + grid[0] * grid[1])  # reference-image tokens may follow
     out = q.clone()
     if token_dim == 2:  # (B, heads, N, D)
         part = q[rows][:, :, image].double()
@@ -80,10 +80,13 @@ def reference_seg_transformer(
         rows = kwargs["hidden_states"].shape[0]
         per = rows // 2 if cfg else rows
         cond = slice(rows - per, rows)
-        for key in ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "guidance"):
+        batched = ("hidden_states", "encoder_hidden_states", "encoder_hidden_states_mask", "pooled_projections")
+        for key in (*batched, "timestep", "guidance", "img_shapes"):
             value = kwargs.get(key)
             if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == rows:
                 kwargs[key] = torch.cat([value, value[cond]])
+            elif isinstance(value, list) and len(value) == rows:  # per-sample lists (Qwen-Image img_shapes)
+                kwargs[key] = value + value[cond]
         state["rows"] = slice(rows, rows + per)
         try:
             noise = original_forward(*args, **{**kwargs, "return_dict": False})[0]

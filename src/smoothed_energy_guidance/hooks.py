@@ -38,6 +38,7 @@ class QueryTarget:
     token_dim: int = 1  # 1: queries are (B, N, …); 2: per-head (B, heads, N, head_dim)
     source: str = "to_q"  # the attention's attribute that ``projection`` is
     image_tail: bool = False  # the query holds text tokens, then the image tokens (Flux single blocks)
+    image_head: bool = False  # the image tokens may be followed by reference-image tokens (Qwen-Image edit)
     parts: int = 1  # 3 when the queries are the first third of a fused QKV projection
 
 
@@ -337,10 +338,18 @@ class SegHooks:
             flat = q.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
         else:
             flat = q.reshape(q.shape[0], q.shape[1], -1)
+        # The image's tokens are the tail of the query (after text tokens) or its head (before
+        # reference-image tokens); everything else passes unchanged.
         image_tokens = grid[0] * grid[1]
-        text = flat[:, : flat.shape[1] - image_tokens] if target.image_tail else flat[:, :0]
-        image = flat[:, text.shape[1] :]
-        blurred = torch.cat([text, blur_queries(image, grid, self.config.blur_sigma).to(q.dtype)], dim=1)
+        if not (target.image_tail or target.image_head) and flat.shape[1] != image_tokens:
+            raise ValueError(
+                f"SEG layer {target.name} has {flat.shape[1]} query tokens but its grid is "
+                f"{grid[0]}x{grid[1]} = {image_tokens}; the grid must be the layer's real feature-map size."
+            )
+        start = flat.shape[1] - image_tokens if target.image_tail else 0
+        image = flat[:, start : start + image_tokens]
+        blurred_image = blur_queries(image, grid, self.config.blur_sigma).to(q.dtype)
+        blurred = torch.cat([flat[:, :start], blurred_image, flat[:, start + image_tokens :]], dim=1)
         if target.token_dim == 2:
             return blurred.reshape(batch, tokens, heads, head_dim).transpose(1, 2)
         return blurred.reshape(q.shape)

@@ -58,8 +58,14 @@ def enable_seg(
     if isinstance(unet, nn.Module) and _is_conditional_unet(getattr(unet, "_orig_mod", unet)):
         return enable_seg_unet(pipe, config, share_prefix)
     transformer = getattr(pipe, "transformer", None)
-    if isinstance(transformer, nn.Module) and transformer_family(getattr(transformer, "_orig_mod", transformer)):
+    family = transformer_family(getattr(transformer, "_orig_mod", transformer)) if transformer is not None else None
+    if family is not None and family.pipelines:
         return enable_seg_transformer(pipe, config, share_prefix, true_cfg_scale)
+    if family is not None:
+        raise ValueError(
+            f"{type(pipe).__name__}: SEG supports {family.name} through Modular Diffusers' guider "
+            "(seg.SmoothedEnergyGuidance), not through this pipeline class yet."
+        )
     raise ValueError(f"{type(pipe).__name__} is not supported: SEG supports {SUPPORTED_FAMILIES} pipelines.")
 
 

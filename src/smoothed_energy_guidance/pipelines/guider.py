@@ -213,5 +213,5 @@ def attach_seg_hooks(denoiser: nn.Module, config: SegConfig, take_perturbed: Any
         return attach_seg_to_transformer(denoiser, config, read_host, scope=scope, take_perturbed=take_perturbed)
     raise ValueError(
         f"SEG's guider does not know the denoiser {type(model).__name__}; it supports the UNets of Stable "
-        "Diffusion 1.x/2.x/XL and the transformers of Stable Diffusion 3/3.5 and Flux.1."
+        "Diffusion 1.x/2.x/XL and the transformers of Stable Diffusion 3/3.5, Flux.1, Flux.2 and Qwen-Image."
     )

@@ -30,12 +30,16 @@ class TransformerFamily:
     """How one transformer family lays out blocks, queries and inputs."""
 
     name: str
+    class_prefix: str  # the denoiser class name starts with this (e.g. "FluxTransformer")
     stacks: tuple[tuple[str, str], ...]  # (spec name, ModuleList attribute)
     query_token_dim: int  # token axis of norm_q's output
     read_inputs: Callable[[Any, tuple, dict], DenoiserInputs]
     unbatched: frozenset[str]
     image_tail_stacks: frozenset[str] = frozenset()  # stacks whose queries are [text, image]
+    image_head_stacks: frozenset[str] = frozenset()  # stacks whose queries are [image, reference images]
     timestep_scale: float = 1.0  # the pipeline passes timestep / 1000 (Flux)
+    # whose classic pipelines enable_seg drives (others: through the Modular Diffusers guider only)
+    pipelines: bool = True
 
 
 def _sd3_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
@@ -63,25 +67,63 @@ def _flux_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
     return DenoiserInputs(tokens.shape[0], grid, kwargs.get("timestep"))
 
 
-SD3 = TransformerFamily("Stable Diffusion 3", (("blocks", "transformer_blocks"),), 2, _sd3_inputs, frozenset())
+def _qwen_image_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
+    """Packed image tokens; ``img_shapes[sample][0]`` is the generated image's (frames, h, w) token grid.
+
+    Reference images (Qwen-Image edit) follow the generated image's tokens and are left as they are.
+    """
+    tokens = args[0] if args else kwargs["hidden_states"]
+    shapes = kwargs.get("img_shapes")
+    if not shapes:
+        raise ValueError("Qwen-Image transformer called without img_shapes; SEG needs the image token grid.")
+    frames, height, width = shapes[0][0]
+    if frames != 1:
+        raise ValueError(f"Qwen-Image call with {frames} frames per image; SEG supports single images here.")
+    return DenoiserInputs(tokens.shape[0], (int(height), int(width)), kwargs.get("timestep"))
+
+
+SD3 = TransformerFamily(
+    "Stable Diffusion 3", "SD3Transformer", (("blocks", "transformer_blocks"),), 2, _sd3_inputs, frozenset()
+)
+_FLUX_STACKS = (("double", "transformer_blocks"), ("single", "single_transformer_blocks"))
 FLUX = TransformerFamily(
     "Flux.1",
-    (("double", "transformer_blocks"), ("single", "single_transformer_blocks")),
+    "FluxTransformer",
+    _FLUX_STACKS,
     1,
     _flux_inputs,
     frozenset({"img_ids", "txt_ids", "image_rotary_emb"}),
     image_tail_stacks=frozenset({"single"}),
     timestep_scale=1000.0,
 )
+FLUX2 = TransformerFamily(
+    "Flux.2",
+    "Flux2Transformer",
+    _FLUX_STACKS,
+    1,  # norm_q sees (B, N, heads, head_dim)
+    _flux_inputs,
+    frozenset({"img_ids", "txt_ids", "image_rotary_emb"}),
+    image_tail_stacks=frozenset({"single"}),
+    timestep_scale=1000.0,
+    pipelines=False,
+)
+QWEN_IMAGE = TransformerFamily(
+    "Qwen-Image",
+    "QwenImageTransformer",
+    (("blocks", "transformer_blocks"),),
+    1,  # norm_q sees (B, N, heads, head_dim)
+    _qwen_image_inputs,
+    frozenset({"image_rotary_emb"}),
+    image_head_stacks=frozenset({"blocks"}),
+    pipelines=False,
+)
+#: Every transformer family SEG knows, found by the denoiser's class name.
+TRANSFORMER_FAMILIES = (SD3, FLUX, FLUX2, QWEN_IMAGE)
 
 
 def transformer_family(model: nn.Module) -> TransformerFamily | None:
     kind = type(model).__name__
-    if kind.startswith("SD3Transformer"):
-        return SD3
-    if kind.startswith("FluxTransformer"):
-        return FLUX
-    return None
+    return next((family for family in TRANSFORMER_FAMILIES if kind.startswith(family.class_prefix)), None)
 
 
 def transformer_inventory(model: nn.Module, family: TransformerFamily) -> BlockInventory:
@@ -105,7 +147,7 @@ def transformer_query_targets(model: nn.Module, names: Sequence[str], family: Tr
     for name in names:
         attention = modules[name]
         source = query_source(attention, family.query_token_dim)
-        image_tail = attribute_to_stack[name.split(".")[0]] in family.image_tail_stacks
+        stack = attribute_to_stack[name.split(".")[0]]
         targets.append(
             QueryTarget(
                 name,
@@ -114,7 +156,8 @@ def transformer_query_targets(model: nn.Module, names: Sequence[str], family: Tr
                 0,
                 token_dim=source.token_dim,
                 source=source.attribute,
-                image_tail=image_tail,
+                image_tail=stack in family.image_tail_stacks,
+                image_head=stack in family.image_head_stacks,
                 parts=source.parts,
             )
         )

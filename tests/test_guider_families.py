@@ -1,0 +1,152 @@
+"""The guider on the transformer families it reaches only through Modular Diffusers (Flux.2, Qwen-Image).
+
+Driven one denoising step the way a modular denoise block drives any guider (set_state,
+prepare_inputs, prepare_models / denoiser call / cleanup_models per batch, then the guider
+itself), against the independent transformer reference: ``U + g·(C − U) + (R − C)`` with R the
+reference's SEG-only prediction ``C + s·(C − perturbed)``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference_dit import reference_seg_transformer
+
+import smoothed_energy_guidance as seg
+from conftest import MIN_EFFECT, TOLERANCE, no_hooks_left
+
+pytestmark = pytest.mark.filterwarnings("ignore:Guiders are currently an experimental feature")
+GRID = (6, 10)  # token grid of the generated image: non-square on purpose
+TEXT = 5
+
+
+def sharpen(model: torch.nn.Module) -> torch.nn.Module:
+    """Peaked random attention, so blurring its queries visibly matters."""
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith(".attn") and hasattr(module, "norm_q"):
+                for projection in ("to_q", "to_k"):
+                    if getattr(module, projection, None) is not None:
+                        getattr(module, projection).weight.mul_(4.0)
+    return model.eval()
+
+
+def qwen_image():
+    from diffusers import QwenImageTransformer2DModel
+
+    torch.manual_seed(0)
+    model = sharpen(
+        QwenImageTransformer2DModel(
+            patch_size=2,
+            in_channels=16,
+            out_channels=4,
+            num_layers=3,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            axes_dims_rope=(2, 2, 4),
+        )
+    )
+    g = torch.Generator().manual_seed(1)
+    tokens = GRID[0] * GRID[1]
+
+    def inputs(text, references: int = 0):
+        return dict(
+            hidden_states=torch.randn(1, tokens + references, 16, generator=torch.Generator().manual_seed(2)),
+            encoder_hidden_states=text,
+            encoder_hidden_states_mask=torch.ones(1, TEXT, dtype=torch.long),
+            timestep=torch.tensor([0.5]),
+            img_shapes=[[(1, *GRID)] + ([(1, 2, references // 2)] if references else [])],
+        )
+
+    texts = (torch.randn(1, TEXT, 16, generator=g), torch.randn(1, TEXT, 16, generator=g))
+    return model, inputs, texts, ["transformer_blocks.1.attn"], {}
+
+
+def flux2():
+    from diffusers import Flux2Transformer2DModel
+
+    torch.manual_seed(0)
+    model = sharpen(
+        Flux2Transformer2DModel(
+            patch_size=1,
+            in_channels=16,
+            num_layers=1,
+            num_single_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            timestep_guidance_channels=16,
+            axes_dims_rope=(2, 2, 2, 2),
+            guidance_embeds=False,
+        )
+    )
+    g = torch.Generator().manual_seed(1)
+    ids = torch.cartesian_prod(torch.arange(1), torch.arange(GRID[0]), torch.arange(GRID[1]), torch.arange(1))
+
+    def inputs(text, references: int = 0):
+        return dict(
+            hidden_states=torch.randn(1, GRID[0] * GRID[1], 16, generator=torch.Generator().manual_seed(2)),
+            encoder_hidden_states=text,
+            timestep=torch.tensor([0.5]),
+            img_ids=ids.float(),
+            txt_ids=torch.zeros(TEXT, 4),
+        )
+
+    texts = (torch.randn(1, TEXT, 16, generator=g), torch.randn(1, TEXT, 16, generator=g))
+    names = ["single_transformer_blocks.0.attn"]  # the middle of double.0, single.0, single.1
+    return model, inputs, texts, names, {"single_transformer_blocks.0.attn": TEXT}
+
+
+def guided_step(guider, model, inputs, texts, references: int = 0):
+    """One step of a modular denoise block: the guider's batches, one denoiser call each."""
+    guider.set_state(step=0, num_inference_steps=4, timestep=torch.tensor(500))
+    batches = guider.prepare_inputs({"encoder_hidden_states": texts})
+    for batch in batches:
+        guider.prepare_models(model)
+        call = inputs(batch.encoder_hidden_states, references)
+        batch.noise_pred = model(**call, return_dict=False)[0]
+        guider.cleanup_models(model)
+    return guider(batches)[0]
+
+
+@pytest.mark.parametrize("family", [qwen_image, flux2], ids=["qwen-image", "flux2"])
+@pytest.mark.parametrize("cfg, sigma", [(4.0, 1.0), (1.0, float("inf")), (4.0, 2.0)])
+def test_guider_matches_the_reference(family, cfg, sigma):
+    model, inputs, (cond_text, uncond_text), names, text_tokens = family()
+    guider = seg.SmoothedEnergyGuidance(guidance_scale=cfg, blur_sigma=sigma)
+    with torch.no_grad():
+        ours = guided_step(guider, model, inputs, (cond_text, uncond_text))
+        cond = model(**inputs(cond_text), return_dict=False)[0]
+        uncond = model(**inputs(uncond_text), return_dict=False)[0]
+        with reference_seg_transformer(model, names, GRID, sigma, 3.0, False, text_tokens=text_tokens, token_dim=1):
+            seg_only = model(**inputs(cond_text), return_dict=False)[0]
+    reference = (uncond + cfg * (cond - uncond) if cfg > 1 else cond) + (seg_only - cond)
+    assert (ours - reference).abs().max() <= TOLERANCE
+    assert (seg_only - cond).abs().max() > MIN_EFFECT
+    assert no_hooks_left(model)
+
+
+def test_qwen_image_reference_tokens_stay_unblurred():
+    """Qwen-Image edit: reference-image tokens follow the generated image's; only the latter are blurred."""
+    model, inputs, (cond_text, _), names, _ = qwen_image()
+    guider = seg.SmoothedEnergyGuidance(guidance_scale=1.0, blur_sigma=1.0)
+    references = 8
+    with torch.no_grad():
+        ours = guided_step(guider, model, inputs, (cond_text, cond_text), references)
+        cond = model(**inputs(cond_text, references), return_dict=False)[0]
+        with reference_seg_transformer(model, names, GRID, 1.0, 3.0, False, token_dim=1):
+            seg_only = model(**inputs(cond_text, references), return_dict=False)[0]
+    assert ours.shape[1] == GRID[0] * GRID[1] + references
+    assert (ours - seg_only).abs().max() <= TOLERANCE
+    assert (seg_only - cond).abs().max() > MIN_EFFECT
+
+
+def test_enable_seg_points_guider_only_families_to_the_guider():
+    model, *_ = qwen_image()
+
+    class QwenImagePipeline:  # any pipeline holding this transformer
+        transformer = model
+
+    with pytest.raises(ValueError, match="supports Qwen-Image through Modular Diffusers' guider"):
+        seg.enable_seg(QwenImagePipeline())

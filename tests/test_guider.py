@@ -172,3 +172,66 @@ def test_modular_sdxl_tasks_match_the_reference(sdxl_parts, task):
     plain = host("a cube", num_inference_steps=5, guidance_scale=5.0, output_type="latent", **host_call).images
     assert (ours - reference).abs().max() <= TOLERANCE
     assert (plain - reference).abs().max() > MIN_EFFECT
+
+
+def test_guider_hooks_are_removed_after_the_call_even_when_it_raises(sdxl_parts):
+    unet = sdxl_parts["unet"]
+    guider = seg.SmoothedEnergyGuidance(guidance_scale=5.0)
+    guider.set_state(step=0, num_inference_steps=4, timestep=torch.tensor(999))
+    guider.prepare_models(unet)  # the cond batch: hooks on
+    assert not no_hooks_left(unet)
+    with pytest.raises(TypeError):  # missing SDXL conditioning makes the UNet raise inside the call
+        unet(torch.randn(1, 3, 16, 16), 999, encoder_hidden_states=torch.randn(1, 77, 80))
+    left = [m for m in unet.modules() if m._forward_hooks or m._forward_pre_hooks]
+    assert left == [unet] and not unet._forward_pre_hooks  # only two inert hooks, on the UNet itself
+    guider.set_state(step=1, num_inference_steps=4, timestep=torch.tensor(500))  # the next step
+    assert no_hooks_left(unet)
+    # and a call that returns removes everything at once
+    pipe = modular("StableDiffusionXLAutoBlocks", sdxl_parts, guider)
+    seen = []
+    handle = unet.register_forward_pre_hook(lambda module, args: seen.append(no_hooks_left(unet.mid_block)))
+    try:
+        pipe(prompt="a cube", num_inference_steps=2, latents=latents(1, 16, 16), output="latents")
+    finally:
+        handle.remove()
+    assert seen == [False, True, False, True]  # hooks only during each step's cond call
+    assert no_hooks_left(unet)
+
+
+def test_modular_sdxl_odd_grid_index_layers_and_window_from_step_zero(sdxl_parts):
+    """diffusers' modular SDXL sizes an odd latent grid differently from its classic pipeline, so the
+    reference runs on the modular pipeline itself (one cond call per step, CFG off)."""
+    guider = seg.SmoothedEnergyGuidance(
+        guidance_scale=1.0, seg_blur_sigma=10000.0, layers=["m0", "u3-u5"], seg_guidance_stop=0.5
+    )
+    pipe = modular("StableDiffusionXLAutoBlocks", sdxl_parts, guider)
+    call = dict(prompt="a cube", num_inference_steps=4, output="latents")
+    ours = pipe(**call, latents=latents(1, 9, 13))
+    pipe.update_components(guider=ClassifierFreeGuidance(guidance_scale=1.0))
+    unet = sdxl_parts["unet"]
+    mid, up = layer_names(unet, "mid_block"), layer_names(unet, "up_blocks")
+    with reference_seg(unet, [mid[0], *up[3:6]], 10000.0, 3.0, 1.0, False, active_calls={0, 1}):
+        reference = pipe(**call, latents=latents(1, 9, 13))
+    plain = pipe(**call, latents=latents(1, 9, 13))
+    assert ours.shape[-2:] == (9, 13)
+    assert (ours - reference).abs().max() <= TOLERANCE
+    assert (plain - reference).abs().max() > MIN_EFFECT
+
+
+def test_modular_sdxl_blurs_peft_lora_queries():
+    from peft import LoraConfig
+
+    parts = tiny_sdxl_components(seed=5)
+    torch.manual_seed(3)
+    parts["unet"].add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q"], init_lora_weights=False))
+    assert type(parts["unet"].mid_block.attentions[0].transformer_blocks[0].attn1.to_q).__module__.startswith("peft")
+    guider = seg.SmoothedEnergyGuidance(guidance_scale=5.0, blur_sigma=1.0)
+    ours = modular("StableDiffusionXLAutoBlocks", parts, guider)(
+        prompt="a cube", num_inference_steps=3, latents=latents(1, 16, 16), output="latents"
+    )
+    host = make_pipe(StableDiffusionXLPipeline, parts)
+    call = dict(prompt="a cube", num_inference_steps=3, latents=latents(1, 16, 16), guidance_scale=5.0)
+    with reference_seg(host.unet, layer_names(host.unet, "mid_block"), 1.0, 3.0, 5.0, True):
+        reference = host(**call, output_type="latent").images
+    assert (ours - reference).abs().max() <= TOLERANCE
+    assert (host(**call, output_type="latent").images - reference).abs().max() > MIN_EFFECT

@@ -166,6 +166,7 @@ class _ThreadCall(threading.local):
     """Per-thread state of the denoiser call in flight, so concurrent calls never mix."""
 
     call: PerturbedCall | None = None
+    finished: bool = False  # the denoiser call in flight returned normally
     reached: set[str]
     cond_shift: torch.Tensor | None = None  # pred_seg − pred_cond of the latest SEG call
 
@@ -198,6 +199,7 @@ class SegHooks:
         scope: Any = None,
         query_source: Callable[[QueryTarget], nn.Module | None] | None = None,
         take_perturbed: Callable[[torch.Tensor], None] | None = None,
+        one_call: bool = False,
     ) -> None:
         self.denoiser = denoiser
         self.fork = fork
@@ -212,6 +214,8 @@ class SegHooks:
         self.query_source = query_source or (lambda target: getattr(target.attention, target.source, None))
         # A guider combines the predictions itself: it receives the perturbed one and the host the cond one.
         self.take_perturbed = take_perturbed
+        # Live for one denoiser call only (a guider's perturbed pass): removed when it ends, raised or not.
+        self.one_call = one_call
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._state = _ThreadCall()
 
@@ -233,6 +237,8 @@ class SegHooks:
             for block in self.fork.blocks if self.fork else ():
                 self._handles.append(block.register_forward_pre_hook(self._widen_block_inputs, with_kwargs=True))
             self._handles.append(self.denoiser.register_forward_hook(self._after_denoiser, with_kwargs=True))
+            if self.one_call:
+                self._handles.append(self.denoiser.register_forward_hook(self._end_of_call, always_call=True))
         except BaseException:
             self.remove()
             raise
@@ -278,6 +284,7 @@ class SegHooks:
     def _before_denoiser(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         state = self._state
         state.call = None
+        state.finished = False
         if self.owns_call is not None and not self.owns_call():
             return None  # another pipeline sharing this denoiser: it runs exactly as without SEG
         inputs = self.read_inputs(args, kwargs)
@@ -356,6 +363,7 @@ class SegHooks:
 
     def _after_denoiser(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         state = self._state
+        state.finished = True
         call, state.call = state.call, None
         if call is None:
             return self._shift_cond_reference(args, kwargs, output)
@@ -387,6 +395,20 @@ class SegHooks:
         # Under CFG the host computes uncond + g·(cond − uncond): handing it [pred, pred] yields pred.
         rows = torch.cat([pred_seg, pred_seg]) if call.host.cfg else pred_seg
         return _replace_first_output(output, rows)
+
+    def _end_of_call(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._state.finished:
+            self.remove()
+            return
+        # The forward raised: torch is iterating the denoiser's forward-hook dict right now, so those
+        # two hooks (inert without a call in flight) go at the next remove(); every other hook goes now.
+        denoiser_hooks = self.denoiser._forward_hooks
+        keep = [handle for handle in self._handles if handle.id in denoiser_hooks]
+        for handle in self._handles:
+            if handle not in keep:
+                handle.remove()
+        self._handles = keep
+        self._state.call = None
 
     def _shift_cond_reference(self, args: tuple, kwargs: dict, output: Any) -> Any:
         """On a cond-only reference call, add pred_seg − cond so ``host_cond − output`` is ``cond − output``.

@@ -171,6 +171,7 @@ class SmoothedEnergyGuidance(BaseGuidance):
     # the denoiser calls ---------------------------------------------------------------------------
     def prepare_models(self, denoiser: nn.Module) -> None:
         super().prepare_models(denoiser)
+        self._remove_hooks()  # an interrupted earlier call may have left its hooks
         if not self.is_conditional:
             return
         self._pred_perturbed = None
@@ -178,6 +179,15 @@ class SmoothedEnergyGuidance(BaseGuidance):
             self._hooks = attach_seg_hooks(denoiser, self.seg, self._receive_perturbed, scope=self)
 
     def cleanup_models(self, denoiser: nn.Module) -> None:
+        self._remove_hooks()
+
+    def set_state(self, step: int, num_inference_steps: int, timestep: torch.Tensor) -> None:
+        super().set_state(step, num_inference_steps, timestep)
+        self._remove_hooks()
+        self._pred_perturbed = None
+
+    def _remove_hooks(self) -> None:
+        # the hooks also remove themselves when their denoiser call ends, raised or not
         if self._hooks is not None:
             self._hooks.remove()
             self._hooks = None
@@ -207,10 +217,11 @@ def attach_seg_hooks(denoiser: nn.Module, config: SegConfig, take_perturbed: Any
     """SEG hooks on any supported denoiser for one call whose every row is a cond row to perturb."""
     model = getattr(denoiser, "_orig_mod", denoiser)
     read_host = lambda timestep: _GUIDER_CALL  # noqa: E731 - the guider decides steps itself
+    per_call = dict(scope=scope, take_perturbed=take_perturbed, one_call=True)
     if any(cls.__name__ == "UNet2DConditionModel" for cls in type(model).__mro__):
-        return attach_seg_to_unet(denoiser, config, read_host, scope=scope, take_perturbed=take_perturbed)
+        return attach_seg_to_unet(denoiser, config, read_host, **per_call)
     if transformer_family(model) is not None:
-        return attach_seg_to_transformer(denoiser, config, read_host, scope=scope, take_perturbed=take_perturbed)
+        return attach_seg_to_transformer(denoiser, config, read_host, **per_call)
     raise ValueError(
         f"SEG's guider does not know the denoiser {type(model).__name__}; it supports the UNets of Stable "
         "Diffusion 1.x/2.x/XL and the transformers of Stable Diffusion 3/3.5, Flux.1, Flux.2 and Qwen-Image."

@@ -271,6 +271,7 @@ def attach_seg_to_transformer(
     scope: Any = None,
     take_perturbed: Callable[[Any], None] | None = None,
     context: _TrueCfgContext | None = None,
+    one_call: bool = False,
 ) -> SegHooks:
     """Attach SEG's hooks to a transformer driven by any loop; ``read_host(timestep)`` describes each call."""
     model = getattr(transformer, "_orig_mod", transformer)
@@ -291,6 +292,7 @@ def attach_seg_to_transformer(
         scope=scope,
         query_source=lambda target: query_source(target.attention, family.query_token_dim).module,
         take_perturbed=take_perturbed,
+        one_call=one_call,
     )
     hooks.context = context
     try:

@@ -156,6 +156,7 @@ def attach_seg_to_unet(
     owns_call: Callable[[], bool] | None = None,
     scope: Any = None,
     take_perturbed: Callable[[torch.Tensor], None] | None = None,
+    one_call: bool = False,
 ) -> SegHooks:
     """Attach SEG's hooks to a UNet driven by any loop; ``read_host(timestep)`` describes each call.
 
@@ -178,5 +179,6 @@ def attach_seg_to_unet(
         scope=scope,
         query_source=current_query_module,
         take_perturbed=take_perturbed,
+        one_call=one_call,
     )
     return hooks.attach()

@@ -207,3 +207,11 @@ def test_negative_seg_scale_is_refused_everywhere(tmp_path):
     result = seg("generate", *TINY, "--seg-scale", "-1", "--out", tmp_path)
     assert_one_clear_line(result, "seg-scale must be a finite number >= 0")
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_info_without_an_image_names_both_routes():
+    result = seg("info")
+    assert result.returncode == 0, result.stderr
+    assert "SEG pipeline classes, seg.enable_seg" in result.stdout and "  sdxl: text2img, img2img" in result.stdout
+    assert "Modular Diffusers guider, seg.SmoothedEnergyGuidance" in result.stdout
+    assert "  Qwen-Image" in result.stdout and "  Flux.2" in result.stdout

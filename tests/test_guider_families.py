@@ -14,6 +14,7 @@ from reference_dit import reference_seg_transformer
 
 import smoothed_energy_guidance as seg
 from conftest import MIN_EFFECT, TOLERANCE, no_hooks_left
+from smoothed_energy_guidance.pipelines.tiny import sharpen_transformer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Guiders are currently an experimental feature")
 GRID = (6, 10)  # token grid of the generated image: non-square on purpose
@@ -22,12 +23,7 @@ TEXT = 5
 
 def sharpen(model: torch.nn.Module) -> torch.nn.Module:
     """Peaked random attention, so blurring its queries visibly matters."""
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if name.endswith(".attn") and hasattr(module, "norm_q"):
-                for projection in ("to_q", "to_k"):
-                    if getattr(module, projection, None) is not None:
-                        getattr(module, projection).weight.mul_(4.0)
+    sharpen_transformer(model, 4.0)
     return model.eval()
 
 

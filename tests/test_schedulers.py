@@ -20,7 +20,7 @@ import smoothed_energy_guidance as seg
 from conftest import make_pipe
 from smoothed_energy_guidance.pipelines.tiny import tiny_sdxl_components
 
-STEPS = 10
+STEPS = 8
 SCHEDULERS = sorted(EulerDiscreteScheduler().compatibles, key=lambda cls: cls.__name__)
 
 
@@ -47,7 +47,7 @@ def run_and_watch(pipe, task: str, strength: float, **seg_args) -> list[int]:
     if task == "inpaint":
         call.update(mask_image=picture(1, "L"))
     try:
-        pipe(**call, generator=torch.Generator().manual_seed(0), height=32, width=32, **seg_args)
+        pipe(**call, generator=torch.Generator().manual_seed(0), height=16, width=16, **seg_args)
     finally:
         handle.remove()
     return seen

@@ -87,8 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("prompts", type=Path)
     _add_setting_options(batch)
     _add_run_options(batch)
-    info = commands.add_parser("info", help="print the settings stored in a PNG")
-    info.add_argument("image", type=Path)
+    info = commands.add_parser(
+        "info", help="print the settings stored in a PNG; without one, the model families and how SEG reaches them"
+    )
+    info.add_argument("image", type=Path, nargs="?")
     ui = commands.add_parser("ui", help="web UI for side-by-side comparisons (needs the [ui] extra)")
     ui.add_argument("--model", default=TOY_MODEL, help=f"model shown first (default: the bundled {TOY_MODEL})")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
@@ -174,9 +176,24 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def print_routes() -> None:
+    """Which families SEG serves, and through which route."""
+    from ..pipelines import FAMILY_TASKS, guider_families
+
+    print("SEG pipeline classes, seg.enable_seg and `seg generate` (family: tasks):")
+    for family, tasks in FAMILY_TASKS.items():
+        print(f"  {family}: {', '.join(tasks)}")
+    print("Modular Diffusers guider, seg.SmoothedEnergyGuidance (pipeline.update_components(guider=...)):")
+    for family in guider_families():
+        print(f"  {family}")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .metadata import read_png_settings
 
+    if args.image is None:
+        print_routes()
+        return 0
     text, record = read_png_settings(args.image)
     if text is None and record is None:
         raise ValueError(f"{args.image} carries no generation settings.")

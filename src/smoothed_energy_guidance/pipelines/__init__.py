@@ -7,7 +7,7 @@ from .dit import (
     StableDiffusion3SEGPipeline,
 )
 from .enable import SUPPORTED_FAMILIES, enable_seg, from_pipe
-from .guider import SmoothedEnergyGuidance
+from .guider import SmoothedEnergyGuidance, guider_families
 from .loading import (
     DEFAULT_MODEL,
     FAMILY_TASKS,
@@ -54,6 +54,7 @@ __all__ = [
     "StableDiffusionSEGInpaintPipeline",
     "StableDiffusionSEGPipeline",
     "from_pipe",
+    "guider_families",
     "DEFAULT_MODEL",
     "FAMILY_TASKS",
     "TINY_MODELS",

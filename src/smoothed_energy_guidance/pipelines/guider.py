@@ -22,7 +22,7 @@ from torch import nn
 from ..blur import INFINITE_SIGMA_THRESHOLD
 from ..guidance import SegConfig, rescale_noise_cfg
 from ..hooks import HostStep, SegHooks
-from .transformer import attach_seg_to_transformer, transformer_family
+from .transformer import TRANSFORMER_FAMILIES, attach_seg_to_transformer, transformer_family
 from .unet import attach_seg_to_unet
 
 _GUIDER_CALL = HostStep(cfg=False, guidance_scale=1.0, guidance_rescale=0.0, progress=0.0)
@@ -211,6 +211,11 @@ class SmoothedEnergyGuidance(BaseGuidance):
             pred = rescale_noise_cfg(pred, pred_cond, self.guidance_rescale)
         self._pred_perturbed = None
         return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
+
+
+def guider_families() -> list[str]:
+    """The denoiser families the guider serves (every modular pipeline built on one of them)."""
+    return ["Stable Diffusion 1.x/2.x (UNet)", "Stable Diffusion XL (UNet)"] + [f.name for f in TRANSFORMER_FAMILIES]
 
 
 def attach_seg_hooks(denoiser: nn.Module, config: SegConfig, take_perturbed: Any, scope: Any) -> SegHooks:

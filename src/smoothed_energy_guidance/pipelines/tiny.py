@@ -224,12 +224,14 @@ def _tiny_vae(latent_channels: int = 4, shift_factor: float | None = None) -> Au
     ).eval()
 
 
-def _sharpen_transformer(model: torch.nn.Module, factor: float) -> None:
+def sharpen_transformer(model: torch.nn.Module, factor: float) -> None:
+    """Scale the image query/key projections of a transformer's attentions (those it has separately)."""
     with torch.no_grad():
         for name, module in model.named_modules():
             if name.endswith((".attn", ".attn2")):
-                module.to_q.weight.mul_(factor)
-                module.to_k.weight.mul_(factor)
+                for projection in ("to_q", "to_k"):
+                    if getattr(module, projection, None) is not None:
+                        getattr(module, projection).weight.mul_(factor)
 
 
 def tiny_sd_components(seed: int = 0, sharpen: float = 4.0) -> dict[str, Any]:
@@ -286,7 +288,7 @@ def tiny_sd3_components(seed: int = 0, sharpen: float = 4.0, qk_norm: str | None
         qk_norm=qk_norm,
         dual_attention_layers=(0,) if qk_norm else (),
     )
-    _sharpen_transformer(transformer, sharpen)
+    sharpen_transformer(transformer, sharpen)
     tokenizer_3 = tiny_t5_tokenizer()
     return {
         "transformer": transformer.eval(),
@@ -319,7 +321,7 @@ def tiny_flux_components(seed: int = 0, sharpen: float = 4.0) -> dict[str, Any]:
         axes_dims_rope=(4, 2, 2),
         guidance_embeds=False,
     )
-    _sharpen_transformer(transformer, sharpen)
+    sharpen_transformer(transformer, sharpen)
     tokenizer_2 = tiny_t5_tokenizer()
     return {
         "transformer": transformer.eval(),

@@ -7,7 +7,7 @@
    UNet at quarter width, latent 64×64), with text encoders just wide enough for it: whole pipeline
    calls (``output="latents"``), configurations interleaved, medians, ratios against plain CFG.
 
-    python benchmarks/bench_guider.py --rounds 3 --steps 3 --write
+    python benchmarks/bench_guider.py --rounds 5 --steps 3 --write
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def table(exact: list[tuple[str, float, float]], seconds: dict[str, float], roun
     lines = [
         "# SEG as a Modular Diffusers guider: exactness and cost",
         "",
-        "`python benchmarks/bench_guider.py --rounds 3 --steps 3 --write`. diffusers "
+        "`python benchmarks/bench_guider.py --rounds 5 --steps 3 --write`. diffusers "
         f"{__import__('diffusers').__version__}, torch {torch.__version__}, {platform.machine()}, "
         f"{torch.get_num_threads()} threads, fp32, CPU.",
         "",

@@ -146,3 +146,69 @@ def test_enable_seg_points_guider_only_families_to_the_guider():
 
     with pytest.raises(ValueError, match="supports Qwen-Image through Modular Diffusers' guider"):
         seg.enable_seg(QwenImagePipeline())
+
+
+def z_image():
+    from diffusers import ZImageTransformer2DModel
+
+    torch.manual_seed(0)
+    model = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=4,
+        dim=32,
+        n_layers=3,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        cap_feat_dim=16,
+        axes_dims=[4, 6, 6],
+        axes_lens=[64, 32, 32],
+    )
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith(".attention"):
+                module.to_q.weight.mul_(4.0)
+                module.to_k.weight.mul_(4.0)
+    return model.eval()
+
+
+def test_z_image_guider_runs_a_separate_perturbed_call_matching_the_reference():
+    """Z-Image takes per-sample lists, so SEG gets its own cond batch, blurred as a whole call."""
+    from reference_dit import _blur_rows
+
+    model = z_image()
+    latent = torch.randn(4, 1, 2 * GRID[0], 2 * GRID[1], generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(1)
+    texts = (torch.randn(TEXT, 16, generator=g), torch.randn(TEXT, 16, generator=g))
+
+    def predict(text):
+        return torch.stack(model(x=[latent], t=torch.tensor([0.5]), cap_feats=[text], return_dict=False)[0])
+
+    guider = seg.SmoothedEnergyGuidance(guidance_scale=4.0, blur_sigma=1.0)
+    calls = []
+    handle = model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    components = type("Components", (), {"transformer": model})()  # what a modular denoise block holds
+    with torch.no_grad():
+        guider.set_state(step=0, num_inference_steps=4, timestep=torch.tensor(500))
+        batches = guider.prepare_inputs({"cap_feats": texts})
+        for batch in batches:
+            guider.prepare_models(components.transformer)
+            batch.noise_pred = predict(batch.cap_feats)
+            guider.cleanup_models(components.transformer)
+        ours = guider(batches)[0]
+        handle.remove()
+        cond, uncond = predict(texts[0]), predict(texts[1])
+        norm = model.layers[1].attention.norm_q  # the default: the middle of three blocks
+        original = norm.forward
+        norm.forward = lambda q: _blur_rows(original(q), slice(None), GRID, 1.0, 1, 0)
+        try:
+            perturbed = predict(texts[0])
+        finally:
+            del norm.forward
+    assert [b.__guidance_identifier__ for b in batches] == ["pred_cond", "pred_uncond", "pred_cond_seg"]
+    assert len(calls) == 3
+    reference = uncond + 4.0 * (cond - uncond) + 3.0 * (cond - perturbed)
+    assert (ours - reference).abs().max() <= TOLERANCE
+    assert (perturbed - cond).abs().max() > MIN_EFFECT
+    assert no_hooks_left(model)

@@ -200,6 +200,7 @@ class SegHooks:
         query_source: Callable[[QueryTarget], nn.Module | None] | None = None,
         take_perturbed: Callable[[torch.Tensor], None] | None = None,
         one_call: bool = False,
+        in_place: bool = False,
     ) -> None:
         self.denoiser = denoiser
         self.fork = fork
@@ -216,6 +217,9 @@ class SegHooks:
         self.take_perturbed = take_perturbed
         # Live for one denoiser call only (a guider's perturbed pass): removed when it ends, raised or not.
         self.one_call = one_call
+        # Perturb every row of the call instead of appending rows (a guider's separate perturbed pass,
+        # for denoisers whose inputs are per-sample lists); the output is left as it is.
+        self.in_place = in_place
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._state = _ThreadCall()
 
@@ -300,6 +304,9 @@ class SegHooks:
         if host_rows % groups:
             raise ValueError(f"CFG batch of {host_rows} rows is not [uncond, cond]; cannot add SEG rows.")
         seg_scale = self.config.scale * host.seg_scale_factor
+        if self.in_place:
+            state.call, state.reached = PerturbedCall(host, 0, host_rows, inputs.grid, seg_scale), set()
+            return None
         call = PerturbedCall(host, host_rows, host_rows // groups, inputs.grid, seg_scale)
         state.call = call
         state.reached = set()
@@ -374,6 +381,8 @@ class SegHooks:
                 f"never reached (first: {missed[0]}), so their queries were not blurred. "
                 f"{self.undo_hint}".strip()
             )
+        if self.in_place:
+            return None
         pred = _first_output(output)
         if self.take_perturbed is not None and not call.host.cfg:
             pred_cond, pred_perturbed = split_rows(pred, 2)

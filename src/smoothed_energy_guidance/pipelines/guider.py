@@ -5,7 +5,9 @@ the denoiser once per batch. This guider asks for the usual CFG batches only (co
 when CFG is on): on the cond call, SEG's hooks fork the perturbed rows off after the shared
 prefix, blur their queries over the real grid, and hand the perturbed prediction to the guider,
 which combines ``uncond + g·(cond − uncond) + s·(cond − perturbed)`` (DESIGN.md §2) in
-:meth:`forward`. No third full pass is run.
+:meth:`forward`. No third full pass is run — except for denoisers whose inputs are per-sample
+lists (Z-Image), which cannot take extra rows: there the guider asks for a third, cond batch and
+blurs that whole call.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 from ..blur import INFINITE_SIGMA_THRESHOLD
 from ..guidance import SegConfig, rescale_noise_cfg
 from ..hooks import HostStep, SegHooks
+from .scope import denoiser_of_caller
 from .transformer import TRANSFORMER_FAMILIES, attach_seg_to_transformer, transformer_family
 from .unet import attach_seg_to_unet
 
@@ -86,7 +89,7 @@ class SmoothedEnergyGuidance(BaseGuidance):
     the perturbed prediction always takes the cond inputs.
     """
 
-    _input_predictions = ["pred_cond", "pred_uncond"]
+    _input_predictions = ["pred_cond", "pred_uncond", "pred_cond_seg"]
 
     @register_to_config
     def __init__(
@@ -131,6 +134,7 @@ class SmoothedEnergyGuidance(BaseGuidance):
         )
         self._hooks: SegHooks | None = None
         self._pred_perturbed: torch.Tensor | None = None
+        self._separate_pass = False  # the denoiser cannot take perturbed rows inside the cond call
 
     # which predictions this step needs ---------------------------------------------------------
     def _progress(self) -> float:
@@ -151,31 +155,46 @@ class SmoothedEnergyGuidance(BaseGuidance):
 
     @property
     def num_conditions(self) -> int:
-        return 2 if self._is_cfg_enabled() else 1
+        return len(self._batches())
 
     @property
     def is_conditional(self) -> bool:
-        return self._count_prepared <= 1  # the cond batch comes first
+        batches = self._batches()
+        index = min(max(self._count_prepared, 1), len(batches)) - 1
+        return batches[index][1] != "pred_uncond"
 
     def prepare_inputs(self, data: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[Any]:
+        self._learn_denoiser()
         return [self._prepare_batch(data, index, name) for index, name in self._batches()]
 
     def prepare_inputs_from_block_state(self, data: Any, input_fields: dict[str, Any]) -> list[Any]:
+        self._learn_denoiser()
         return [
             self._prepare_batch_from_block_state(input_fields, data, index, name) for index, name in self._batches()
         ]
 
+    def _learn_denoiser(self) -> None:
+        """Whether this step needs a separate perturbed batch: read off the calling pipeline's denoiser."""
+        denoiser = denoiser_of_caller()
+        if denoiser is not None:
+            family = transformer_family(getattr(denoiser, "_orig_mod", denoiser))
+            self._separate_pass = family is not None and not family.forks
+
     def _batches(self) -> list[tuple[int, str]]:
-        return [(0, "pred_cond"), (1, "pred_uncond")][: self.num_conditions]
+        batches = [(0, "pred_cond")] + ([(1, "pred_uncond")] if self._is_cfg_enabled() else [])
+        if self._separate_pass and self._is_seg_enabled():
+            batches.append((0, "pred_cond_seg"))  # cond inputs, blurred as a whole call
+        return batches
 
     # the denoiser calls ---------------------------------------------------------------------------
     def prepare_models(self, denoiser: nn.Module) -> None:
         super().prepare_models(denoiser)
         self._remove_hooks()  # an interrupted earlier call may have left its hooks
-        if not self.is_conditional:
-            return
-        self._pred_perturbed = None
-        if self._is_seg_enabled():
+        batches = self._batches()
+        batch = batches[min(self._count_prepared, len(batches)) - 1][1]
+        if batch == "pred_cond":
+            self._pred_perturbed = None
+        if self._is_seg_enabled() and batch == ("pred_cond_seg" if self._separate_pass else "pred_cond"):
             self._hooks = attach_seg_hooks(denoiser, self.seg, self._receive_perturbed, scope=self)
 
     def cleanup_models(self, denoiser: nn.Module) -> None:
@@ -195,7 +214,14 @@ class SmoothedEnergyGuidance(BaseGuidance):
     def _receive_perturbed(self, pred_perturbed: torch.Tensor) -> None:
         self._pred_perturbed = pred_perturbed
 
-    def forward(self, pred_cond: torch.Tensor, pred_uncond: torch.Tensor | None = None) -> GuiderOutput:
+    def forward(
+        self,
+        pred_cond: torch.Tensor,
+        pred_uncond: torch.Tensor | None = None,
+        pred_cond_seg: torch.Tensor | None = None,
+    ) -> GuiderOutput:
+        if pred_cond_seg is not None:  # the separate perturbed batch
+            self._pred_perturbed = pred_cond_seg
         pred = pred_cond
         if self._is_cfg_enabled():
             base = pred_cond if self.use_original_formulation else pred_uncond

@@ -39,3 +39,18 @@ def call_owner_check(pipe: Any, denoiser: nn.Module):
         return owner is None or owner is pipe
 
     return owns_call
+
+
+def denoiser_of_caller() -> nn.Module | None:
+    """The denoiser of the modular pipeline whose denoise block is calling (its ``components`` local)."""
+    frame = sys._getframe(1)
+    for _ in range(_MAX_DEPTH):
+        if frame is None:
+            return None
+        components = frame.f_locals.get("components")
+        for attribute in DENOISER_ATTRIBUTES:
+            denoiser = getattr(components, attribute, None) if components is not None else None
+            if isinstance(denoiser, nn.Module):
+                return denoiser
+        frame = frame.f_back
+    return None

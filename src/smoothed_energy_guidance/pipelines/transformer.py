@@ -22,7 +22,6 @@ from .queries import query_source
 from .scope import call_owner_check
 
 UNDO_HINT = "Enable SEG again after fusing QKV projections, loading LoRA or replacing the transformer."
-ATTENTION_NAMES = ("attn", "attn2")
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,9 @@ class TransformerFamily:
     timestep_scale: float = 1.0  # the pipeline passes timestep / 1000 (Flux)
     # whose classic pipelines enable_seg drives (others: through the Modular Diffusers guider only)
     pipelines: bool = True
+    attention_names: tuple[str, ...] = ("attn", "attn2")  # a block's attentions over image tokens
+    # whether perturbed rows can join a call; False (per-sample input lists): a separate perturbed call
+    forks: bool = True
 
 
 def _sd3_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
@@ -117,8 +119,32 @@ QWEN_IMAGE = TransformerFamily(
     image_head_stacks=frozenset({"blocks"}),
     pipelines=False,
 )
+
+
+def _z_image_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
+    """Per-sample latents ``x[i]`` of shape (C, F, H, W), patchified by ``patch_size`` (default 2)."""
+    samples = args[0] if args else kwargs["x"]
+    channels, frames, height, width = samples[0].shape
+    patch, frame_patch = kwargs.get("patch_size", 2), kwargs.get("f_patch_size", 1)
+    if frames // frame_patch != 1:
+        raise ValueError(f"Z-Image call with {frames} frames; SEG supports single images here.")
+    return DenoiserInputs(len(samples), (height // patch, width // patch), kwargs.get("t"))
+
+
+Z_IMAGE = TransformerFamily(
+    "Z-Image",
+    "ZImageTransformer",
+    (("blocks", "layers"),),
+    1,  # norm_q sees (B, N, heads, head_dim)
+    _z_image_inputs,
+    frozenset(),
+    image_head_stacks=frozenset({"blocks"}),  # [image, padding, caption] in the unified sequence
+    pipelines=False,
+    attention_names=("attention",),
+    forks=False,
+)
 #: Every transformer family SEG knows, found by the denoiser's class name.
-TRANSFORMER_FAMILIES = (SD3, FLUX, FLUX2, QWEN_IMAGE)
+TRANSFORMER_FAMILIES = (SD3, FLUX, FLUX2, QWEN_IMAGE, Z_IMAGE)
 
 
 def transformer_family(model: nn.Module) -> TransformerFamily | None:
@@ -132,7 +158,7 @@ def transformer_inventory(model: nn.Module, family: TransformerFamily) -> BlockI
         blocks = []
         for index, block in enumerate(getattr(model, attribute)):
             prefix = f"{attribute}.{index}"
-            names = tuple(f"{prefix}.{a}" for a in ATTENTION_NAMES if getattr(block, a, None) is not None)
+            names = tuple(f"{prefix}.{a}" for a in family.attention_names if getattr(block, a, None) is not None)
             blocks.append((prefix, names))
         stacks[spec_name] = tuple(blocks)
     return BlockInventory(stacks)
@@ -273,7 +299,11 @@ def attach_seg_to_transformer(
     context: _TrueCfgContext | None = None,
     one_call: bool = False,
 ) -> SegHooks:
-    """Attach SEG's hooks to a transformer driven by any loop; ``read_host(timestep)`` describes each call."""
+    """Attach SEG's hooks to a transformer driven by any loop; ``read_host(timestep)`` describes each call.
+
+    Families that cannot take extra rows inside a call (``forks=False``) get hooks that perturb the
+    whole call in place: the caller makes a separate perturbed call.
+    """
     model = getattr(transformer, "_orig_mod", transformer)
     family = transformer_family(model)
     inventory = transformer_inventory(model, family)
@@ -285,7 +315,7 @@ def attach_seg_to_transformer(
         config,
         read_host,
         UNDO_HINT,
-        transformer_fork_plan(model, names, family) if share_prefix else None,
+        transformer_fork_plan(model, names, family) if share_prefix and family.forks else None,
         read_inputs=lambda args, kwargs: family.read_inputs(model, args, kwargs),
         unbatched=family.unbatched,
         owns_call=owns_call,
@@ -293,6 +323,7 @@ def attach_seg_to_transformer(
         query_source=lambda target: query_source(target.attention, family.query_token_dim).module,
         take_perturbed=take_perturbed,
         one_call=one_call,
+        in_place=not family.forks,
     )
     hooks.context = context
     try:

@@ -7,6 +7,7 @@ queries, keys and values are untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -98,17 +99,8 @@ FLUX = TransformerFamily(
     image_tail_stacks=frozenset({"single"}),
     timestep_scale=1000.0,
 )
-FLUX2 = TransformerFamily(
-    "Flux.2",
-    "Flux2Transformer",
-    _FLUX_STACKS,
-    1,  # norm_q sees (B, N, heads, head_dim)
-    _flux_inputs,
-    frozenset({"img_ids", "txt_ids", "image_rotary_emb"}),
-    image_tail_stacks=frozenset({"single"}),
-    timestep_scale=1000.0,
-    pipelines=False,
-)
+# Flux.2 lays out blocks, queries (norm_q on (B, N, heads, head_dim)) and ids as Flux.1 does.
+FLUX2 = dataclasses.replace(FLUX, name="Flux.2", class_prefix="Flux2Transformer", pipelines=False)
 QWEN_IMAGE = TransformerFamily(
     "Qwen-Image",
     "QwenImageTransformer",

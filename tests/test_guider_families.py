@@ -212,3 +212,41 @@ def test_z_image_guider_runs_a_separate_perturbed_call_matching_the_reference():
     assert (ours - reference).abs().max() <= TOLERANCE
     assert (perturbed - cond).abs().max() > MIN_EFFECT
     assert no_hooks_left(model)
+
+
+def _z_image_grid(args, kwargs):
+    channels, frames, height, width = kwargs["x"][0].shape
+    return height // 2, width // 2
+
+
+def test_z_image_modular_denoise_matches_the_reference_guider():
+    """The whole modular Z-Image denoise (text encoding aside: embeddings are given) with our guider and with
+    an independent reference guider."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.modular_pipelines import ZImageAutoBlocks
+    from reference_guider import ReferenceSEGGuider
+
+    g = torch.Generator().manual_seed(1)
+    embeds = dict(
+        prompt_embeds=[torch.randn(TEXT, 16, generator=g)], negative_prompt_embeds=[torch.randn(TEXT, 16, generator=g)]
+    )
+    pipe = ZImageAutoBlocks().sub_blocks["denoise"].init_pipeline()
+    pipe.update_components(transformer=z_image(), scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(guider):
+        pipe.update_components(guider=guider)
+        return pipe(
+            **embeds,
+            height=96,
+            width=160,
+            num_inference_steps=3,
+            generator=torch.Generator().manual_seed(0),
+            output="latents",
+        )
+
+    ours = run(seg.SmoothedEnergyGuidance(guidance_scale=4.0, blur_sigma=1.0))
+    reference = run(ReferenceSEGGuider(4.0, 3.0, 1.0, ["layers.1.attention"], _z_image_grid))
+    plain = run(seg.SmoothedEnergyGuidance(guidance_scale=4.0, scale=0.0))
+    assert (ours - reference).abs().max() <= TOLERANCE
+    assert (plain - reference).abs().max() > MIN_EFFECT

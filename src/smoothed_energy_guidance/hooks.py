@@ -168,7 +168,9 @@ class _ThreadCall(threading.local):
     call: PerturbedCall | None = None
     finished: bool = False  # the denoiser call in flight returned normally
     reached: set[str]
-    cond_shift: torch.Tensor | None = None  # pred_seg − pred_cond of the latest SEG call
+    reference_call: bool = False  # the call in flight is an owned cond-only reference call
+    # (pred_seg, pred_cond) of the latest SEG call, for a reference call that follows it
+    last_seg: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __init__(self) -> None:
         self.reached = set()
@@ -263,7 +265,7 @@ class SegHooks:
         while self._handles:
             self._handles.pop().remove()
         self._state.call = None
-        self._state.cond_shift = None
+        self._state.last_seg = None
 
     @property
     def attached(self) -> bool:
@@ -289,12 +291,14 @@ class SegHooks:
         state = self._state
         state.call = None
         state.finished = False
+        state.reference_call = False
         if self.owns_call is not None and not self.owns_call():
             return None  # another pipeline sharing this denoiser: it runs exactly as without SEG
         inputs = self.read_inputs(args, kwargs)
         if inputs.cond_reference:
+            state.reference_call = True
             return None
-        state.cond_shift = None
+        state.last_seg = None
         host = self.read_host(inputs.timestep)
         if not (host.seg_allowed and self.config.active_at(host.progress)):
             return None
@@ -373,7 +377,7 @@ class SegHooks:
         state.finished = True
         call, state.call = state.call, None
         if call is None:
-            return self._shift_cond_reference(args, kwargs, output)
+            return self._shift_cond_reference(output) if state.reference_call else None
         missed = [target.name for target in self.targets if target.name not in state.reached]
         if missed:
             raise RuntimeError(
@@ -400,7 +404,7 @@ class SegHooks:
             call.host.guidance_scale,
             call.host.guidance_rescale,
         )
-        state.cond_shift = pred_seg - pred_cond
+        state.last_seg = (pred_seg, pred_cond)
         # Under CFG the host computes uncond + g·(cond − uncond): handing it [pred, pred] yields pred.
         rows = torch.cat([pred_seg, pred_seg]) if call.host.cfg else pred_seg
         return _replace_first_output(output, rows)
@@ -419,17 +423,16 @@ class SegHooks:
         self._handles = keep
         self._state.call = None
 
-    def _shift_cond_reference(self, args: tuple, kwargs: dict, output: Any) -> Any:
+    def _shift_cond_reference(self, output: Any) -> Any:
         """On a cond-only reference call, add pred_seg − cond so ``host_cond − output`` is ``cond − output``.
 
         The host reads its cond prediction back from the rows SEG handed it, which are pred_seg.
         """
-        shift = self._state.cond_shift
-        if shift is None or output is None or (self.owns_call is not None and not self.owns_call()):
+        last_seg = self._state.last_seg
+        if last_seg is None or output is None:
             return None
-        if not self.read_inputs(args, kwargs).cond_reference:
-            return None
+        pred_seg, pred_cond = last_seg
         pred = _first_output(output)
-        if pred.shape != shift.shape:
+        if pred.shape != pred_seg.shape:
             return None
-        return _replace_first_output(output, pred + shift.to(pred.dtype))
+        return _replace_first_output(output, pred + (pred_seg - pred_cond).to(pred.dtype))

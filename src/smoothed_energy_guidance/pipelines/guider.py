@@ -116,15 +116,12 @@ class SmoothedEnergyGuidance(BaseGuidance):
         self.guidance_rescale = guidance_rescale
         self.use_original_formulation = use_original_formulation
         sigma = seg_blur_sigma if blur_sigma is None else blur_sigma
-        if seg_blur_threshold_inf < INFINITE_SIGMA_THRESHOLD:
-            sigma = math.inf if sigma > seg_blur_threshold_inf else sigma
-        elif INFINITE_SIGMA_THRESHOLD < sigma <= seg_blur_threshold_inf:
+        if INFINITE_SIGMA_THRESHOLD < sigma <= seg_blur_threshold_inf:
             raise ValueError(
                 f"seg_blur_sigma={sigma} lies between 9999 and seg_blur_threshold_inf={seg_blur_threshold_inf}: a "
                 "finite blur that wide is not offered (the official SEG treats σ > 9999 as uniform queries)."
             )
-        else:
-            sigma = math.inf if sigma > seg_blur_threshold_inf else sigma
+        sigma = math.inf if sigma > seg_blur_threshold_inf else sigma
         self.seg = SegConfig(
             scale=seg_guidance_scale if scale is None else scale,
             blur_sigma=sigma,
@@ -159,9 +156,7 @@ class SmoothedEnergyGuidance(BaseGuidance):
 
     @property
     def is_conditional(self) -> bool:
-        batches = self._batches()
-        index = min(max(self._count_prepared, 1), len(batches)) - 1
-        return batches[index][1] != "pred_uncond"
+        return self._current_batch() != "pred_uncond"
 
     def prepare_inputs(self, data: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[Any]:
         self._learn_denoiser()
@@ -186,12 +181,16 @@ class SmoothedEnergyGuidance(BaseGuidance):
             batches.append((0, "pred_cond_seg"))  # cond inputs, blurred as a whole call
         return batches
 
+    def _current_batch(self) -> str:
+        """The prediction the denoiser call being prepared makes (the first before any is prepared)."""
+        batches = self._batches()
+        return batches[min(max(self._count_prepared, 1), len(batches)) - 1][1]
+
     # the denoiser calls ---------------------------------------------------------------------------
     def prepare_models(self, denoiser: nn.Module) -> None:
         super().prepare_models(denoiser)
         self._remove_hooks()  # an interrupted earlier call may have left its hooks
-        batches = self._batches()
-        batch = batches[min(self._count_prepared, len(batches)) - 1][1]
+        batch = self._current_batch()
         if batch == "pred_cond":
             self._pred_perturbed = None
         if self._is_seg_enabled() and batch == ("pred_cond_seg" if self._separate_pass else "pred_cond"):

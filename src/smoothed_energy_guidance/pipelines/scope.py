@@ -16,18 +16,24 @@ DENOISER_ATTRIBUTES = ("unet", "transformer")
 _MAX_DEPTH = 64
 
 
-def calling_pipeline(denoiser: nn.Module) -> Any | None:
-    """The innermost object on this thread's stack holding ``denoiser`` as its UNet or transformer."""
-    frame = sys._getframe(1)
+def _caller_locals(depth: int = 2):
+    """The local variables of this thread's calling frames, innermost first (read only)."""
+    frame = sys._getframe(depth)
     for _ in range(_MAX_DEPTH):
         if frame is None:
-            return None
-        owner = frame.f_locals.get("self")
-        if owner is not None and not isinstance(owner, nn.Module):
-            for attribute in DENOISER_ATTRIBUTES:
-                if getattr(owner, attribute, None) is denoiser:
-                    return owner
+            return
+        yield frame.f_locals
         frame = frame.f_back
+
+
+def calling_pipeline(denoiser: nn.Module) -> Any | None:
+    """The innermost object on this thread's stack holding ``denoiser`` as its UNet or transformer."""
+    for local_names in _caller_locals():
+        owner = local_names.get("self")
+        if owner is None or isinstance(owner, nn.Module):
+            continue
+        if any(getattr(owner, attribute, None) is denoiser for attribute in DENOISER_ATTRIBUTES):
+            return owner
     return None
 
 
@@ -43,14 +49,10 @@ def call_owner_check(pipe: Any, denoiser: nn.Module):
 
 def denoiser_of_caller() -> nn.Module | None:
     """The denoiser of the modular pipeline whose denoise block is calling (its ``components`` local)."""
-    frame = sys._getframe(1)
-    for _ in range(_MAX_DEPTH):
-        if frame is None:
-            return None
-        components = frame.f_locals.get("components")
-        for attribute in DENOISER_ATTRIBUTES:
-            denoiser = getattr(components, attribute, None) if components is not None else None
+    for local_names in _caller_locals():
+        components = local_names.get("components")
+        for attribute in DENOISER_ATTRIBUTES if components is not None else ():
+            denoiser = getattr(components, attribute, None)
             if isinstance(denoiser, nn.Module):
                 return denoiser
-        frame = frame.f_back
     return None

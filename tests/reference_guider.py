@@ -21,7 +21,8 @@ class ReferenceSEGGuider(BaseGuidance):
         super().__init__(0.0, 1.0, True)
         self.guidance_scale, self.seg_scale, self.sigma = guidance_scale, seg_scale, sigma
         self.attentions, self.read_grid = attentions, read_grid
-        self.image_offset = image_offset or {}  # attention name → text tokens ahead of the image tokens
+        # attention name → text tokens ahead of the image tokens, or "end": the image tokens end the query
+        self.image_offset = image_offset or {}
         self._patched: list = []
         self._grid_hook = None
 
@@ -59,9 +60,13 @@ class ReferenceSEGGuider(BaseGuidance):
             original = norm.forward
             offset = self.image_offset.get(name, 0)
             norm.forward = lambda q, original=original, offset=offset: _blur_rows(
-                original(q), slice(None), grid["hw"], self.sigma, 1, offset
+                original(q), slice(None), grid["hw"], self.sigma, 1, self._offset(offset, q, grid["hw"])
             )
             self._patched.append(norm)
+
+    @staticmethod
+    def _offset(offset, q, grid):
+        return q.shape[1] - grid[0] * grid[1] if offset == "end" else offset
 
     def cleanup_models(self, denoiser):
         for norm in self._patched:

@@ -37,8 +37,9 @@ class QueryTarget:
     downsample: int  # ceil-halvings from the latent grid to this layer's grid
     token_dim: int = 1  # 1: queries are (B, N, …); 2: per-head (B, heads, N, head_dim)
     source: str = "to_q"  # the attention's attribute that ``projection`` is
-    image_tail: bool = False  # the query holds text tokens, then the image tokens (Flux single blocks)
-    image_head: bool = False  # the image tokens may be followed by reference-image tokens (Qwen-Image edit)
+    # the query holds text tokens, then the image tokens, then any reference-image tokens (Flux single blocks)
+    image_tail: bool = False
+    image_head: bool = False  # the image tokens may be followed by other tokens (Qwen-Image edit, ERNIE-Image)
     parts: int = 1  # 3 when the queries are the first third of a fused QKV projection
 
 
@@ -79,6 +80,8 @@ class DenoiserInputs:
     # A cond-only call whose output the host subtracts from its cond prediction (SD3 skip-layer
     # guidance): SEG adds no rows there, and shifts it so the host's subtraction sees the true cond.
     cond_reference: bool = False
+    # Text tokens ahead of the image tokens in ``image_tail`` queries; None: the image tokens end the query.
+    text_tokens: int | None = None
 
 
 def unet_call_inputs(args: tuple, kwargs: dict) -> DenoiserInputs:
@@ -97,6 +100,7 @@ class PerturbedCall:
     group_rows: int
     latent_hw: tuple[int, int]
     seg_scale: float
+    text_tokens: int | None = None
 
     @property
     def perturbed(self) -> slice:
@@ -309,9 +313,12 @@ class SegHooks:
             raise ValueError(f"CFG batch of {host_rows} rows is not [uncond, cond]; cannot add SEG rows.")
         seg_scale = self.config.scale * host.seg_scale_factor
         if self.in_place:
-            state.call, state.reached = PerturbedCall(host, 0, host_rows, inputs.grid, seg_scale), set()
+            state.call, state.reached = (
+                PerturbedCall(host, 0, host_rows, inputs.grid, seg_scale, inputs.text_tokens),
+                set(),
+            )
             return None
-        call = PerturbedCall(host, host_rows, host_rows // groups, inputs.grid, seg_scale)
+        call = PerturbedCall(host, host_rows, host_rows // groups, inputs.grid, seg_scale, inputs.text_tokens)
         state.call = call
         state.reached = set()
         if self.fork is not None:
@@ -343,28 +350,37 @@ class SegHooks:
             grid = layer_grid(call.latent_hw, target.downsample)
             rows = output[call.perturbed]
             q_channels = output.shape[-1] // target.parts
-            q = self._blur_image_queries(rows[..., :q_channels], grid, target)
+            q = self._blur_image_queries(rows[..., :q_channels], grid, target, call.text_tokens)
             rows = torch.cat([q, rows[..., q_channels:]], dim=-1) if target.parts > 1 else q
             return torch.cat([output[: call.host_rows], rows])
 
         return blur_perturbed_queries
 
-    def _blur_image_queries(self, q: torch.Tensor, grid: tuple[int, int], target: QueryTarget) -> torch.Tensor:
+    def _blur_image_queries(
+        self, q: torch.Tensor, grid: tuple[int, int], target: QueryTarget, text_tokens: int | None = None
+    ) -> torch.Tensor:
         """Blur the image tokens of perturbed queries laid out as ``target`` says; text tokens stay."""
         if target.token_dim == 2:  # (B, heads, N, head_dim) → (B, N, heads·head_dim)
             batch, heads, tokens, head_dim = q.shape
             flat = q.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
         else:
             flat = q.reshape(q.shape[0], q.shape[1], -1)
-        # The image's tokens are the tail of the query (after text tokens) or its head (before
-        # reference-image tokens); everything else passes unchanged.
+        # The image's tokens follow the text tokens (all of them, or the known count when reference-image
+        # tokens come after) or open the query; everything else passes unchanged.
         image_tokens = grid[0] * grid[1]
         if not (target.image_tail or target.image_head) and flat.shape[1] != image_tokens:
             raise ValueError(
                 f"SEG layer {target.name} has {flat.shape[1]} query tokens but its grid is "
                 f"{grid[0]}x{grid[1]} = {image_tokens}; the grid must be the layer's real feature-map size."
             )
-        start = flat.shape[1] - image_tokens if target.image_tail else 0
+        start = 0
+        if target.image_tail:
+            start = flat.shape[1] - image_tokens if text_tokens is None else text_tokens
+        if start < 0 or start + image_tokens > flat.shape[1]:
+            raise ValueError(
+                f"SEG layer {target.name} has {flat.shape[1]} query tokens, too few for {start} text tokens and a "
+                f"{grid[0]}x{grid[1]} image grid."
+            )
         image = flat[:, start : start + image_tokens]
         blurred_image = blur_queries(image, grid, self.config.blur_sigma).to(q.dtype)
         blurred = torch.cat([flat[:, :start], blurred_image, flat[:, start + image_tokens :]], dim=1)

@@ -34,14 +34,31 @@ def reads_fused_qkv(attention: nn.Module) -> bool:
     return keeps_flag_true and bool(getattr(attention, "fused_projections", False))
 
 
+def _names_used(function: object, depth: int = 2) -> set[str]:
+    """Global and attribute names a function's code uses, following the module's own helpers it calls
+    (Qwen-Image 2.1 projects and normalises its queries in a shared helper)."""
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return set()
+    names = set(code.co_names)
+    if depth > 0:
+        module_globals = getattr(function, "__globals__", {})
+        for name in code.co_names:
+            helper = module_globals.get(name)
+            if callable(helper) and getattr(helper, "__code__", None) is not None:
+                names |= _names_used(helper, depth - 1)
+    return names
+
+
 def applies_query_norm(attention: nn.Module) -> bool:
     """Whether the processor normalises the queries with ``attention.norm_q`` (SD3's fused one does not)."""
     if getattr(attention, "norm_q", None) is None:
         return False
     processor_type = type(getattr(attention, "processor", None))
     processor_call = next((vars(cls)["__call__"] for cls in processor_type.__mro__ if "__call__" in vars(cls)), None)
-    code = getattr(processor_call, "__code__", None)
-    return code is None or "norm_q" in code.co_names
+    if getattr(processor_call, "__code__", None) is None:
+        return True
+    return "norm_q" in _names_used(processor_call)
 
 
 def query_source(attention: nn.Module, norm_token_dim: int = 1) -> QuerySource:

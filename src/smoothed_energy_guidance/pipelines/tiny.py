@@ -228,7 +228,7 @@ def sharpen_transformer(model: torch.nn.Module, factor: float) -> None:
     """Scale the image query/key projections of a transformer's attentions (those it has separately)."""
     with torch.no_grad():
         for name, module in model.named_modules():
-            if name.endswith((".attn", ".attn2")):
+            if name.endswith((".attn", ".attn1", ".attn2", ".attention", ".self_attention")):
                 for projection in ("to_q", "to_k"):
                     if getattr(module, projection, None) is not None:
                         getattr(module, projection).weight.mul_(factor)

@@ -1,18 +1,20 @@
-"""Turning SEG on for diffusion transformers: Stable Diffusion 3 / 3.5 and Flux.1.
+"""Turning SEG on for diffusion transformers, one descriptor per family (``TRANSFORMER_FAMILIES``).
 
-Only image-token queries are blurred, over the real token grid (latent size / patch size, or
-Flux's position ids), after the per-head query norm where the model has one; text-token
-queries, keys and values are untouched.
+Only image-token queries are blurred, over the real token grid (latent size / patch size, or the
+model's position ids), after the per-head query norm where the model has one; text-token and
+reference-image-token queries, keys and values are untouched.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..guidance import SegConfig
@@ -31,7 +33,7 @@ class TransformerFamily:
 
     name: str
     class_prefix: str  # the denoiser class name starts with this (e.g. "FluxTransformer")
-    stacks: tuple[tuple[str, str], ...]  # (spec name, ModuleList attribute)
+    stacks: tuple[tuple[str, str], ...]  # (spec name, ModuleList attribute path, e.g. "mode_blocks.image")
     query_token_dim: int  # token axis of norm_q's output
     read_inputs: Callable[[Any, tuple, dict], DenoiserInputs]
     unbatched: frozenset[str]
@@ -41,8 +43,14 @@ class TransformerFamily:
     # whose classic pipelines enable_seg drives (others: through the Modular Diffusers guider only)
     pipelines: bool = True
     attention_names: tuple[str, ...] = ("attn", "attn2")  # a block's attentions over image tokens
-    # whether perturbed rows can join a call; False (per-sample input lists): a separate perturbed call
+    # whether perturbed rows can join a call; False (per-sample input lists, sequence-first blocks, or
+    # modulation rows beyond the batch): the guider makes a separate perturbed call
     forks: bool = True
+    # every block list in execution order, where it differs from ``stacks`` (blocks without SEG layers
+    # that run after the fork still need widened inputs)
+    fork_stacks: tuple[str, ...] = ()
+    output_modules: tuple[str, ...] = ("norm_out",)  # run on the widened rows after the last block
+    video: bool = False  # a video model: SEG serves its single-frame (image) calls until video SEG lands
 
 
 def _sd3_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
@@ -57,17 +65,29 @@ def _sd3_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
     )
 
 
+def _generated_image_grid(ids: torch.Tensor, family: str, tokens: int) -> tuple[int, int]:
+    """The generated image's token grid from (t, h, w, …) position ids.
+
+    Reference-image tokens (Flux Kontext, Flux.2 / Flux 3 editing) follow the generated image's and
+    carry a different first coordinate; the generated image's ids are the rows sharing the first row's.
+    """
+    ids = ids[0] if ids.ndim == 3 else ids
+    own = ids[ids[:, 0] == ids[0, 0]]
+    # counted, not spanned: some families scale their ids (Flux 3's image_rope_scale)
+    height, width = own[:, 1].unique().numel(), own[:, 2].unique().numel()
+    if height * width != own.shape[0] or own.shape[0] > tokens:
+        raise ValueError(
+            f"{family} image ids describe a {height}x{width} grid over {own.shape[0]} ids and {tokens} image "
+            "tokens; SEG needs the generated image's tokens laid out as a full grid ahead of any reference images."
+        )
+    return height, width
+
+
 def _flux_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
     tokens = args[0] if args else kwargs["hidden_states"]
-    ids = kwargs["img_ids"]
-    ids = ids[0] if ids.ndim == 3 else ids
-    grid = (int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
-    if grid[0] * grid[1] != tokens.shape[1]:
-        raise ValueError(
-            f"Flux image ids describe a {grid[0]}x{grid[1]} grid but there are {tokens.shape[1]} image tokens; "
-            "SEG supports one image grid per call (no reference-image tokens)."
-        )
-    return DenoiserInputs(tokens.shape[0], grid, kwargs.get("timestep"))
+    grid = _generated_image_grid(kwargs["img_ids"], type(model).__name__, tokens.shape[1])
+    text = kwargs["encoder_hidden_states"].shape[1]
+    return DenoiserInputs(tokens.shape[0], grid, kwargs.get("timestep"), text_tokens=text)
 
 
 def _qwen_image_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
@@ -96,7 +116,8 @@ FLUX = TransformerFamily(
     1,
     _flux_inputs,
     frozenset({"img_ids", "txt_ids", "image_rotary_emb"}),
-    image_tail_stacks=frozenset({"single"}),
+    image_head_stacks=frozenset({"double"}),  # image queries, then any reference-image tokens (Kontext)
+    image_tail_stacks=frozenset({"single"}),  # [text, image, reference images]
     timestep_scale=1000.0,
 )
 # Flux.2 lays out blocks, queries (norm_q on (B, N, heads, head_dim)) and ids as Flux.1 does.
@@ -135,8 +156,101 @@ Z_IMAGE = TransformerFamily(
     attention_names=("attention",),
     forks=False,
 )
+
+
+def _krea2_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
+    """Queries are [text, image]; ``position_ids`` (text rows zero) holds the image rows' (t, h, w)."""
+    tokens = args[0] if args else kwargs["hidden_states"]
+    image_ids = kwargs["position_ids"][-tokens.shape[1] :]
+    grid = _generated_image_grid(image_ids, "Krea 2", tokens.shape[1])
+    return DenoiserInputs(tokens.shape[0], grid, kwargs.get("timestep"))
+
+
+def _latent_grid_inputs(frame_axis: int | None, patch: Callable[[Any], tuple[int, int, int]], name: str):
+    """Inputs of a denoiser that takes latents as (B, C, [T,] H, W) and patchifies them itself."""
+
+    def read(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
+        latents = args[0] if args else kwargs["hidden_states"]
+        frame_patch, height_patch, width_patch = patch(model)
+        if frame_axis is not None and latents.shape[frame_axis] // frame_patch != 1:
+            raise ValueError(
+                f"{name} call with {latents.shape[frame_axis]} latent frames; SEG supports single images on this "
+                "model for now (video SEG over t×h×w is planned)."
+            )
+        grid = (latents.shape[-2] // height_patch, latents.shape[-1] // width_patch)
+        return DenoiserInputs(latents.shape[0], grid, kwargs.get("timestep"))
+
+    return read
+
+
+def _qwen_image21_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
+    """The target image is the last entry of ``img_shapes`` and its tokens end the joint sequence."""
+    tokens = args[0] if args else kwargs["hidden_states"]
+    frames, height, width = kwargs["img_shapes"][0][-1]
+    if frames != 1:
+        raise ValueError(f"Qwen-Image 2.1 call with {frames} frames per image; SEG supports single images here.")
+    return DenoiserInputs(tokens.shape[0], (int(height), int(width)), kwargs.get("timestep"))
+
+
+# Flux 3: per-mode image blocks (image tokens only), then joint blocks over [text, image, reference images].
+FLUX3 = TransformerFamily(
+    "Flux 3",
+    "Flux3Transformer",
+    (("image", "mode_blocks.image"), ("single", "single_transformer_blocks")),
+    1,  # norm_q sees (B, N, heads, head_dim)
+    _flux_inputs,
+    frozenset({"img_ids", "txt_ids", "image_cond_ids"}),
+    image_tail_stacks=frozenset({"single"}),
+    pipelines=False,
+    fork_stacks=("mode_blocks.image", "mode_blocks.image_cond", "single_transformer_blocks"),
+)
+KREA2 = TransformerFamily(
+    "Krea 2",
+    "Krea2Transformer",
+    (("blocks", "transformer_blocks"),),
+    1,
+    _krea2_inputs,
+    frozenset({"position_ids"}),
+    image_tail_stacks=frozenset({"blocks"}),
+    pipelines=False,
+    output_modules=("final_layer",),
+)
+ERNIE_IMAGE = TransformerFamily(
+    "ERNIE-Image",
+    "ErnieImageTransformer",
+    (("blocks", "layers"),),
+    1,
+    _latent_grid_inputs(None, lambda model: (1, model.config.patch_size, model.config.patch_size), "ERNIE-Image"),
+    frozenset(),
+    image_head_stacks=frozenset({"blocks"}),  # [image, text]
+    pipelines=False,
+    attention_names=("self_attention",),
+    forks=False,  # its blocks run sequence-first ([tokens, batch, channels])
+)
+QWEN_IMAGE21 = TransformerFamily(
+    "Qwen-Image 2.1",
+    "QwenImage21Transformer",
+    (("blocks", "transformer_blocks"),),
+    1,
+    _qwen_image21_inputs,
+    frozenset(),
+    image_tail_stacks=frozenset({"blocks"}),  # [text and condition images interleaved, target image]
+    pipelines=False,
+    forks=False,  # with causal conditioning its modulation has one row more than the batch
+)
+# Cosmos-Predict2 / Anima: self-attention ``attn1`` over the (t, h, w) tokens, all of them image tokens.
+COSMOS = TransformerFamily(
+    "Cosmos / Anima",
+    "CosmosTransformer3D",
+    (("blocks", "transformer_blocks"),),
+    2,  # norm_q sees (B, heads, N, head_dim)
+    _latent_grid_inputs(2, lambda model: tuple(model.config.patch_size), "Cosmos / Anima"),
+    frozenset(),
+    pipelines=False,
+    attention_names=("attn1",),
+)
 #: Every transformer family SEG knows, found by the denoiser's class name.
-TRANSFORMER_FAMILIES = (SD3, FLUX, FLUX2, QWEN_IMAGE, Z_IMAGE)
+TRANSFORMER_FAMILIES = (SD3, FLUX, FLUX2, QWEN_IMAGE, Z_IMAGE, FLUX3, KREA2, ERNIE_IMAGE, QWEN_IMAGE21, COSMOS)
 
 
 def transformer_family(model: nn.Module) -> TransformerFamily | None:
@@ -144,11 +258,19 @@ def transformer_family(model: nn.Module) -> TransformerFamily | None:
     return next((family for family in TRANSFORMER_FAMILIES if kind.startswith(family.class_prefix)), None)
 
 
+def _block_list(model: nn.Module, path: str) -> Sequence[nn.Module]:
+    """The blocks at a dotted attribute path; empty where the model lacks it (e.g. no reference-image mode)."""
+    try:
+        return functools.reduce(getattr, path.split("."), model)
+    except AttributeError:
+        return ()
+
+
 def transformer_inventory(model: nn.Module, family: TransformerFamily) -> BlockInventory:
     stacks = {}
     for spec_name, attribute in family.stacks:
         blocks = []
-        for index, block in enumerate(getattr(model, attribute)):
+        for index, block in enumerate(_block_list(model, attribute)):
             prefix = f"{attribute}.{index}"
             names = tuple(f"{prefix}.{a}" for a in family.attention_names if getattr(block, a, None) is not None)
             blocks.append((prefix, names))
@@ -156,16 +278,19 @@ def transformer_inventory(model: nn.Module, family: TransformerFamily) -> BlockI
     return BlockInventory(stacks)
 
 
+def _stack_of(name: str, family: TransformerFamily) -> str:
+    return next(spec for spec, attribute in family.stacks if name.startswith(attribute + "."))
+
+
 def transformer_query_targets(model: nn.Module, names: Sequence[str], family: TransformerFamily) -> list[QueryTarget]:
     """Hook the queries where the processor really takes them: after ``norm_q`` where it applies one,
     else the output of ``to_q`` or the first third of a fused ``to_qkv``."""
     modules = dict(model.named_modules())
-    attribute_to_stack = {attribute: spec for spec, attribute in family.stacks}
     targets = []
     for name in names:
         attention = modules[name]
         source = query_source(attention, family.query_token_dim)
-        stack = attribute_to_stack[name.split(".")[0]]
+        stack = _stack_of(name, family)
         targets.append(
             QueryTarget(
                 name,
@@ -183,14 +308,12 @@ def transformer_query_targets(model: nn.Module, names: Sequence[str], family: Tr
 
 
 def transformer_fork_plan(model: nn.Module, names: Sequence[str], family: TransformerFamily) -> ForkPlan:
-    """Fork at the first block holding a SEG layer; later blocks and the output norm get widened inputs."""
-    ordered = [
-        (f"{attribute}.{i}", block)
-        for _, attribute in family.stacks
-        for i, block in enumerate(getattr(model, attribute))
-    ]
+    """Fork at the first block holding a SEG layer; later blocks and the output modules get widened inputs."""
+    paths = family.fork_stacks or tuple(attribute for _, attribute in family.stacks)
+    ordered = [(f"{path}.{i}", block) for path in paths for i, block in enumerate(_block_list(model, path))]
     first = next(i for i, (prefix, _) in enumerate(ordered) if any(n.startswith(prefix + ".") for n in names))
-    blocks = tuple(block for _, block in ordered[first:]) + (model.norm_out,)
+    outputs = tuple(getattr(model, name) for name in family.output_modules)
+    blocks = tuple(block for _, block in ordered[first:]) + outputs
     return ForkPlan(blocks, lambda args, kwargs, rows, cond: (args, kwargs))
 
 

@@ -139,13 +139,13 @@ def test_qwen_image_reference_tokens_stay_unblurred():
 
 
 def test_enable_seg_points_guider_only_families_to_the_guider():
-    model, *_ = qwen_image()
+    model, *_ = flux2()
 
-    class QwenImagePipeline:  # any pipeline holding this transformer
+    class Flux2Pipeline:  # any pipeline holding this transformer
         transformer = model
 
-    with pytest.raises(ValueError, match="supports Qwen-Image through Modular Diffusers' guider"):
-        seg.enable_seg(QwenImagePipeline())
+    with pytest.raises(ValueError, match="supports Flux.2 through Modular Diffusers' guider"):
+        seg.enable_seg(Flux2Pipeline())
 
 
 def z_image():

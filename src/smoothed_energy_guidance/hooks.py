@@ -82,6 +82,9 @@ class DenoiserInputs:
     cond_reference: bool = False
     # Text tokens ahead of the image tokens in ``image_tail`` queries; None: the image tokens end the query.
     text_tokens: int | None = None
+    # False when this call carries inputs the blocks consume in the denoiser's own loop (SD3 ControlNet
+    # residuals): the perturbed rows then join at the input instead of forking after the shared prefix.
+    shares_prefix: bool = True
 
 
 def unet_call_inputs(args: tuple, kwargs: dict) -> DenoiserInputs:
@@ -101,6 +104,7 @@ class PerturbedCall:
     latent_hw: tuple[int, int]
     seg_scale: float
     text_tokens: int | None = None
+    forked: bool = False  # the perturbed rows fork off at the first SEG block (else: joined at the input)
 
     @property
     def perturbed(self) -> slice:
@@ -318,10 +322,13 @@ class SegHooks:
                 set(),
             )
             return None
-        call = PerturbedCall(host, host_rows, host_rows // groups, inputs.grid, seg_scale, inputs.text_tokens)
+        forked = self.fork is not None and inputs.shares_prefix
+        call = PerturbedCall(
+            host, host_rows, host_rows // groups, inputs.grid, seg_scale, inputs.text_tokens, forked=forked
+        )
         state.call = call
         state.reached = set()
-        if self.fork is not None:
+        if forked:
             return self.fork.widen_inputs(args, kwargs, host_rows, call.cond_rows)
         return self._append_perturbed_rows(call, args, kwargs)
 
@@ -333,7 +340,7 @@ class SegHooks:
 
     def _widen_block_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         call = self._state.call
-        return None if call is None else self._append_perturbed_rows(call, args, kwargs)
+        return None if call is None or not call.forked else self._append_perturbed_rows(call, args, kwargs)
 
     def _query_hook(self, target: QueryTarget) -> Callable:
         def blur_perturbed_queries(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:

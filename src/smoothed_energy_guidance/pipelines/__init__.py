@@ -1,13 +1,26 @@
 """Pipelines: the only layer that imports diffusers. Everything here is public API."""
 
 from .dit import (
+    ChromaSEGImg2ImgPipeline,
+    ChromaSEGPipeline,
+    FluxFillSEGPipeline,
+    FluxKontextSEGPipeline,
     FluxSEGImg2ImgPipeline,
     FluxSEGPipeline,
+    HunyuanDiTSEGPipeline,
+    PixArtAlphaSEGPipeline,
+    PixArtSigmaSEGPipeline,
+    QwenImageEditSEGPipeline,
+    QwenImageSEGImg2ImgPipeline,
+    QwenImageSEGPipeline,
+    SanaSEGPipeline,
+    StableDiffusion3ControlNetSEGPipeline,
     StableDiffusion3SEGImg2ImgPipeline,
     StableDiffusion3SEGPipeline,
 )
 from .enable import SUPPORTED_FAMILIES, enable_seg, from_pipe
 from .guider import SmoothedEnergyGuidance, guider_families
+from .kolors import KolorsSEGImg2ImgPipeline, KolorsSEGPipeline
 from .loading import (
     DEFAULT_MODEL,
     FAMILY_TASKS,
@@ -29,12 +42,16 @@ from .loading import (
     set_scheduler,
 )
 from .sd import (
+    StableDiffusionControlNetSEGImg2ImgPipeline,
+    StableDiffusionControlNetSEGInpaintPipeline,
     StableDiffusionControlNetSEGPipeline,
     StableDiffusionSEGImg2ImgPipeline,
     StableDiffusionSEGInpaintPipeline,
     StableDiffusionSEGPipeline,
 )
 from .sdxl import (
+    StableDiffusionXLControlNetSEGImg2ImgPipeline,
+    StableDiffusionXLControlNetSEGInpaintPipeline,
     StableDiffusionXLControlNetSEGPipeline,
     StableDiffusionXLSEGControlNetPipeline,
     StableDiffusionXLSEGImg2ImgPipeline,
@@ -43,6 +60,24 @@ from .sdxl import (
 )
 
 __all__ = [
+    "StableDiffusion3ControlNetSEGPipeline",
+    "FluxFillSEGPipeline",
+    "FluxKontextSEGPipeline",
+    "ChromaSEGPipeline",
+    "ChromaSEGImg2ImgPipeline",
+    "QwenImageSEGPipeline",
+    "QwenImageSEGImg2ImgPipeline",
+    "QwenImageEditSEGPipeline",
+    "PixArtAlphaSEGPipeline",
+    "PixArtSigmaSEGPipeline",
+    "HunyuanDiTSEGPipeline",
+    "SanaSEGPipeline",
+    "StableDiffusionControlNetSEGImg2ImgPipeline",
+    "StableDiffusionControlNetSEGInpaintPipeline",
+    "StableDiffusionXLControlNetSEGImg2ImgPipeline",
+    "StableDiffusionXLControlNetSEGInpaintPipeline",
+    "KolorsSEGPipeline",
+    "KolorsSEGImg2ImgPipeline",
     "SUPPORTED_FAMILIES",
     "SmoothedEnergyGuidance",
     "FluxSEGImg2ImgPipeline",

@@ -58,11 +58,18 @@ class SegCallMixin:
     ``__call__`` shows the host's own signature and docstring, followed by the ``seg_*`` ones.
     """
 
+    # Pipelines that run CFG as separate cond / uncond calls: the argument holding its scale, and
+    # whether CFG also needs a negative prompt (Flux, Qwen-Image) or runs whenever the scale is > 1 (Chroma).
+    true_cfg_argument = "true_cfg_scale"
+    true_cfg_needs_negative = True
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__call__" in cls.__dict__:
             return  # a subclass that writes its own __call__ keeps it
-        host_call = super().__call__
+        host_call = getattr(super(), "__call__", None)
+        if host_call is None:
+            return  # diffusers' placeholder for a pipeline whose backend (e.g. sentencepiece) is not installed
 
         @functools.wraps(host_call)
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -73,6 +80,9 @@ class SegCallMixin:
         __call__.__doc__ = (inspect.getdoc(host_call) or "") + "\n" + SEG_CALL_DOC
         __call__.__qualname__ = f"{cls.__qualname__}.__call__"
         cls.__call__ = __call__
+        cls._host_defaults = {
+            name: parameter.default for name, parameter in inspect.signature(host_call).parameters.items()
+        }
 
     def _call_with_seg(
         self,
@@ -86,8 +96,7 @@ class SegCallMixin:
         **kwargs: Any,
     ) -> Any:
         layers = seg_applied_layers_index if seg_applied_layers_index is not None else seg_applied_layers
-        true_cfg = float(kwargs.get("true_cfg_scale", 1.0) or 1.0)
-        has_negative = kwargs.get("negative_prompt") is not None or kwargs.get("negative_prompt_embeds") is not None
+        true_cfg = self._true_cfg_scale(kwargs)
         with enable_seg(
             self,
             scale=seg_scale,
@@ -95,6 +104,16 @@ class SegCallMixin:
             layers=layers,
             start=seg_guidance_start,
             end=seg_guidance_end,
-            true_cfg_scale=true_cfg if true_cfg > 1 and has_negative else 1.0,
+            true_cfg_scale=true_cfg,
         ):
             return super().__call__(*args, **kwargs)
+
+    def _true_cfg_scale(self, kwargs: dict[str, Any]) -> float:
+        """The separate-call CFG scale this call will use, 1.0 when it runs no such CFG."""
+        name, defaults = self.true_cfg_argument, getattr(type(self), "_host_defaults", {})
+        if name not in defaults:
+            return 1.0
+        value = kwargs.get(name, defaults[name])
+        scale = float(value) if isinstance(value, (int, float)) else 1.0
+        has_negative = kwargs.get("negative_prompt") is not None or kwargs.get("negative_prompt_embeds") is not None
+        return scale if scale > 1 and (has_negative or not self.true_cfg_needs_negative) else 1.0

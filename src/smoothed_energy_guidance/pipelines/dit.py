@@ -1,14 +1,32 @@
-"""SEG pipelines for diffusion transformers: Stable Diffusion 3 / 3.5 and Flux.1.
+"""SEG pipelines for diffusion transformers: SD3 / SD3.5, Flux.1 (Fill, Kontext), Chroma, Qwen-Image,
+PixArt-α / -Σ, HunyuanDiT and Sana.
 
-Default layers: the middle transformer block (``blocks.N//2``; for Flux the middle of the double
-and single stacks taken together), the DiT counterpart of a UNet's mid block, which SEG's paper
-perturbs. Flux has no batched CFG: SEG adds ``s·(cond − perturbed)`` to each prediction, and
-composes exactly with ``true_cfg_scale`` and a negative prompt.
+Default layers: the middle transformer block (``blocks.N//2``; for Flux and Chroma the middle of the
+double and single stacks taken together), the DiT counterpart of a UNet's mid block, which SEG's paper
+perturbs. Flux, Chroma and Qwen-Image run CFG as a separate uncond call: SEG adds
+``s·(cond − perturbed)`` to the cond prediction and composes exactly with that CFG.
 """
 
 from __future__ import annotations
 
-from diffusers import FluxImg2ImgPipeline, FluxPipeline, StableDiffusion3Img2ImgPipeline, StableDiffusion3Pipeline
+from diffusers import (
+    ChromaImg2ImgPipeline,
+    ChromaPipeline,
+    FluxFillPipeline,
+    FluxImg2ImgPipeline,
+    FluxKontextPipeline,
+    FluxPipeline,
+    HunyuanDiTPipeline,
+    PixArtAlphaPipeline,
+    PixArtSigmaPipeline,
+    QwenImageEditPipeline,
+    QwenImageImg2ImgPipeline,
+    QwenImagePipeline,
+    SanaPipeline,
+    StableDiffusion3ControlNetPipeline,
+    StableDiffusion3Img2ImgPipeline,
+    StableDiffusion3Pipeline,
+)
 
 from .call import SegCallMixin
 
@@ -21,9 +39,64 @@ class StableDiffusion3SEGImg2ImgPipeline(SegCallMixin, StableDiffusion3Img2ImgPi
     """SD3 / SD3.5 image-to-image with SEG."""
 
 
+class StableDiffusion3ControlNetSEGPipeline(SegCallMixin, StableDiffusion3ControlNetPipeline):
+    """SD3 / SD3.5 ControlNet with SEG; the perturbed rows receive the cond rows' residuals."""
+
+
 class FluxSEGPipeline(SegCallMixin, FluxPipeline):
     """Flux.1 text-to-image with SEG (double- and single-stream blocks)."""
 
 
 class FluxSEGImg2ImgPipeline(SegCallMixin, FluxImg2ImgPipeline):
     """Flux.1 image-to-image with SEG."""
+
+
+class FluxFillSEGPipeline(SegCallMixin, FluxFillPipeline):
+    """Flux.1 Fill (inpainting / outpainting) with SEG."""
+
+
+class FluxKontextSEGPipeline(SegCallMixin, FluxKontextPipeline):
+    """Flux.1 Kontext with SEG: only the generated image's queries are blurred, over its own grid; the
+    reference image's and the text's tokens stay as they are."""
+
+
+class ChromaSEGPipeline(SegCallMixin, ChromaPipeline):
+    """Chroma text-to-image with SEG; CFG (``guidance_scale`` > 1) is a separate uncond call."""
+
+    true_cfg_argument = "guidance_scale"
+    true_cfg_needs_negative = False
+
+
+class ChromaSEGImg2ImgPipeline(SegCallMixin, ChromaImg2ImgPipeline):
+    """Chroma image-to-image with SEG."""
+
+    true_cfg_argument = "guidance_scale"
+    true_cfg_needs_negative = False
+
+
+class QwenImageSEGPipeline(SegCallMixin, QwenImagePipeline):
+    """Qwen-Image text-to-image with SEG (``true_cfg_scale`` with a negative prompt)."""
+
+
+class QwenImageSEGImg2ImgPipeline(SegCallMixin, QwenImageImg2ImgPipeline):
+    """Qwen-Image image-to-image with SEG."""
+
+
+class QwenImageEditSEGPipeline(SegCallMixin, QwenImageEditPipeline):
+    """Qwen-Image edit with SEG; the reference image's tokens stay unblurred."""
+
+
+class PixArtAlphaSEGPipeline(SegCallMixin, PixArtAlphaPipeline):
+    """PixArt-α with SEG."""
+
+
+class PixArtSigmaSEGPipeline(SegCallMixin, PixArtSigmaPipeline):
+    """PixArt-Σ with SEG."""
+
+
+class HunyuanDiTSEGPipeline(SegCallMixin, HunyuanDiTPipeline):
+    """HunyuanDiT with SEG."""
+
+
+class SanaSEGPipeline(SegCallMixin, SanaPipeline):
+    """Sana with SEG: the Gaussian blurs the queries before the linear attention's ReLU feature map."""

@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-from diffusers import (
-    FluxImg2ImgPipeline,
-    FluxPipeline,
-    StableDiffusion3Img2ImgPipeline,
-    StableDiffusion3Pipeline,
-    StableDiffusionControlNetPipeline,
-    StableDiffusionImg2ImgPipeline,
-    StableDiffusionInpaintPipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLControlNetPipeline,
-    StableDiffusionXLImg2ImgPipeline,
-    StableDiffusionXLInpaintPipeline,
-    StableDiffusionXLPipeline,
-)
+from . import dit, kolors, sd, sdxl
+from .call import SegCallMixin
 
-from . import dit, sd, sdxl
 
-SEG_CLASSES: dict[type, type] = {
-    StableDiffusionXLPipeline: sdxl.StableDiffusionXLSEGPipeline,
-    StableDiffusionXLImg2ImgPipeline: sdxl.StableDiffusionXLSEGImg2ImgPipeline,
-    StableDiffusionXLInpaintPipeline: sdxl.StableDiffusionXLSEGInpaintPipeline,
-    StableDiffusionXLControlNetPipeline: sdxl.StableDiffusionXLControlNetSEGPipeline,
-    StableDiffusionPipeline: sd.StableDiffusionSEGPipeline,
-    StableDiffusionImg2ImgPipeline: sd.StableDiffusionSEGImg2ImgPipeline,
-    StableDiffusionInpaintPipeline: sd.StableDiffusionSEGInpaintPipeline,
-    StableDiffusionControlNetPipeline: sd.StableDiffusionControlNetSEGPipeline,
-    StableDiffusion3Pipeline: dit.StableDiffusion3SEGPipeline,
-    StableDiffusion3Img2ImgPipeline: dit.StableDiffusion3SEGImg2ImgPipeline,
-    FluxPipeline: dit.FluxSEGPipeline,
-    FluxImg2ImgPipeline: dit.FluxSEGImg2ImgPipeline,
-}
+def _seg_classes() -> dict[type, type]:
+    """Every SEG class the pipeline modules define, keyed by the diffusers class it extends."""
+    classes = {}
+    for module in (sdxl, sd, kolors, dit):
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, SegCallMixin) and value.__module__ == module.__name__:
+                host = next(base for base in value.__bases__ if base is not SegCallMixin)
+                classes[host] = value
+    return classes
+
+
+SEG_CLASSES: dict[type, type] = _seg_classes()

@@ -37,6 +37,15 @@ def calling_pipeline(denoiser: nn.Module) -> Any | None:
     return None
 
 
+def pipeline_call_locals(pipe: Any) -> dict[str, Any]:
+    """The local variables of ``pipe``'s innermost method on this thread's stack (its ``__call__``), read
+    only; empty when ``pipe`` is not calling. For pipelines that keep CFG settings in locals (PixArt)."""
+    for local_names in _caller_locals():
+        if local_names.get("self") is pipe:
+            return local_names
+    return {}
+
+
 def call_owner_check(pipe: Any, denoiser: nn.Module):
     """``owns_call()`` for SEG hooks on ``pipe``: True unless another pipeline is making the call."""
 

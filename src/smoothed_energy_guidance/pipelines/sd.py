@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from diffusers import (
+    StableDiffusionControlNetImg2ImgPipeline,
+    StableDiffusionControlNetInpaintPipeline,
     StableDiffusionControlNetPipeline,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
@@ -26,3 +28,11 @@ class StableDiffusionSEGInpaintPipeline(SegCallMixin, StableDiffusionInpaintPipe
 
 class StableDiffusionControlNetSEGPipeline(SegCallMixin, StableDiffusionControlNetPipeline):
     """SD 1.x / 2.x ControlNet with SEG; the perturbed rows receive the cond rows' residuals."""
+
+
+class StableDiffusionControlNetSEGImg2ImgPipeline(SegCallMixin, StableDiffusionControlNetImg2ImgPipeline):
+    """SD 1.x / 2.x ControlNet image-to-image with SEG."""
+
+
+class StableDiffusionControlNetSEGInpaintPipeline(SegCallMixin, StableDiffusionControlNetInpaintPipeline):
+    """SD 1.x / 2.x ControlNet inpainting with SEG (4- and 9-channel UNets)."""

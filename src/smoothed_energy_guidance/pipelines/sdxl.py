@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from diffusers import (
+    StableDiffusionXLControlNetImg2ImgPipeline,
+    StableDiffusionXLControlNetInpaintPipeline,
     StableDiffusionXLControlNetPipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLInpaintPipeline,
@@ -29,6 +31,14 @@ class StableDiffusionXLControlNetSEGPipeline(SegCallMixin, StableDiffusionXLCont
 
     The perturbed rows receive the cond rows' ControlNet residuals.
     """
+
+
+class StableDiffusionXLControlNetSEGImg2ImgPipeline(SegCallMixin, StableDiffusionXLControlNetImg2ImgPipeline):
+    """SDXL ControlNet image-to-image with SEG; the perturbed rows receive the cond rows' residuals."""
+
+
+class StableDiffusionXLControlNetSEGInpaintPipeline(SegCallMixin, StableDiffusionXLControlNetInpaintPipeline):
+    """SDXL ControlNet inpainting with SEG (4- and 9-channel UNets)."""
 
 
 #: The name the official SEG repository uses.

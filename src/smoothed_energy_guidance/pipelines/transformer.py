@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +51,11 @@ class TransformerFamily:
     # that run after the fork still need widened inputs)
     fork_stacks: tuple[str, ...] = ()
     output_modules: tuple[str, ...] = ("norm_out",)  # run on the widened rows after the last block
-    video: bool = False  # a video model: SEG serves its single-frame (image) calls until video SEG lands
+    # False: the perturbed rows join at the denoiser's input (a full extra pass), for models that use
+    # pre-block tensors outside any module after the blocks (PixArt's timestep modulation, Sana's unpatchify)
+    shares_prefix: bool = True
+    # the pipeline runs CFG as separate cond / uncond calls ("true CFG"); SEG joins the cond calls
+    separate_cfg: bool = False
 
 
 def _sd3_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
@@ -62,6 +67,8 @@ def _sd3_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
         kwargs.get("timestep"),
         # skip-layer guidance: a cond-only call that the pipeline subtracts from its cond prediction
         cond_reference=kwargs.get("skip_layers") is not None,
+        # ControlNet residuals are added between blocks in the model's own loop, from the first block on
+        shares_prefix=kwargs.get("block_controlnet_hidden_states") is None,
     )
 
 
@@ -119,7 +126,10 @@ FLUX = TransformerFamily(
     image_head_stacks=frozenset({"double"}),  # image queries, then any reference-image tokens (Kontext)
     image_tail_stacks=frozenset({"single"}),  # [text, image, reference images]
     timestep_scale=1000.0,
+    separate_cfg=True,
 )
+# Chroma lays out blocks, queries and ids as Flux.1 does, and runs CFG as a second ("uncond") call.
+CHROMA = dataclasses.replace(FLUX, name="Chroma", class_prefix="ChromaTransformer")
 # Flux.2 lays out blocks, queries (norm_q on (B, N, heads, head_dim)) and ids as Flux.1 does.
 FLUX2 = dataclasses.replace(FLUX, name="Flux.2", class_prefix="Flux2Transformer", pipelines=False)
 QWEN_IMAGE = TransformerFamily(
@@ -130,7 +140,8 @@ QWEN_IMAGE = TransformerFamily(
     _qwen_image_inputs,
     frozenset({"image_rotary_emb"}),
     image_head_stacks=frozenset({"blocks"}),
-    pipelines=False,
+    timestep_scale=1000.0,
+    separate_cfg=True,
 )
 
 
@@ -249,8 +260,66 @@ COSMOS = TransformerFamily(
     pipelines=False,
     attention_names=("attn1",),
 )
+
+
+def _patched_latent_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
+    """Latents (B, C, H, W) patchified by ``config.patch_size`` (PixArt, HunyuanDiT, Sana)."""
+    latents = args[0] if args else kwargs["hidden_states"]
+    patch = model.config.patch_size
+    return DenoiserInputs(
+        latents.shape[0], (latents.shape[-2] // patch, latents.shape[-1] // patch), kwargs.get("timestep")
+    )
+
+
+# PixArt-α / -Σ: BasicTransformerBlock stacks, self-attention ``attn1`` without a query norm.
+PIXART = TransformerFamily(
+    "PixArt-α / PixArt-Σ",
+    "PixArtTransformer",
+    (("blocks", "transformer_blocks"),),
+    1,
+    _patched_latent_inputs,
+    frozenset(),
+    attention_names=("attn1",),
+    shares_prefix=False,
+)
+# HunyuanDiT: long skip connections between its blocks; queries normed per head, (B, heads, N, head_dim).
+HUNYUAN_DIT = TransformerFamily(
+    "HunyuanDiT",
+    "HunyuanDiT2DModel",
+    (("blocks", "blocks"),),
+    2,
+    _patched_latent_inputs,
+    frozenset({"image_rotary_emb"}),
+    attention_names=("attn1",),
+)
+# Sana: linear (ReLU-kernel) self-attention; the queries are blurred before the kernel feature map.
+SANA = TransformerFamily(
+    "Sana",
+    "SanaTransformer",
+    (("blocks", "transformer_blocks"),),
+    1,  # its norm_q (Sana 1.5) normalises (B, N, heads·head_dim)
+    _patched_latent_inputs,
+    frozenset(),
+    attention_names=("attn1",),
+    shares_prefix=False,
+)
 #: Every transformer family SEG knows, found by the denoiser's class name.
-TRANSFORMER_FAMILIES = (SD3, FLUX, FLUX2, QWEN_IMAGE, Z_IMAGE, FLUX3, KREA2, ERNIE_IMAGE, QWEN_IMAGE21, COSMOS)
+TRANSFORMER_FAMILIES = (
+    SD3,
+    FLUX,
+    CHROMA,
+    FLUX2,
+    QWEN_IMAGE,
+    Z_IMAGE,
+    FLUX3,
+    KREA2,
+    ERNIE_IMAGE,
+    QWEN_IMAGE21,
+    COSMOS,
+    PIXART,
+    HUNYUAN_DIT,
+    SANA,
+)
 
 
 def transformer_family(model: nn.Module) -> TransformerFamily | None:
@@ -349,18 +418,29 @@ class _TrueCfgContext:
 
 
 def transformer_host_reader(pipe: Any, family: TransformerFamily, true_cfg_scale: float, context: Any):
-    """SD3 batches CFG like the UNet pipelines; Flux runs true CFG as a second, "uncond" call."""
+    """Batched-CFG families read the pipeline like the UNet pipelines; separate-call ("true") CFG
+    families get SEG on the cond call only."""
     from .unet import host_reader
 
-    if family is not FLUX:
+    if not family.separate_cfg:
         return host_reader(pipe)
     loop_progress = LoopProgress(pipe)
+    last_timestep = threading.local()
+
+    def is_uncond_call(timestep: Any) -> bool:
+        # diffusers' cache context names the call where the pipeline sets one (Flux, Qwen-Image); elsewhere
+        # (Flux Kontext, Flux img2img, Chroma) the uncond call is the second call on the same timestep
+        named = context.current() if context is not None else None
+        value = None if timestep is None else float(torch.as_tensor(timestep).flatten()[0])
+        repeated = true_cfg_scale > 1 and value is not None and getattr(last_timestep, "value", None) == value
+        last_timestep.value = None if repeated else value
+        return named == "uncond" if named is not None else repeated
 
     def read(timestep: Any) -> HostStep:
         progress = loop_progress(timestep * family.timestep_scale if timestep is not None else None)
         # SEG joins the cond call only, with s/g, so that
         # neg + g·(pos' − neg) = neg + g·(pos − neg) + s·(pos − perturbed)
-        uncond = context is not None and context.current() == "uncond"
+        uncond = is_uncond_call(timestep)
         return HostStep(False, 1.0, 0.0, progress, seg_allowed=not uncond, seg_scale_factor=1.0 / true_cfg_scale)
 
     return read
@@ -386,7 +466,7 @@ def enable_seg_transformer(
     family = transformer_family(model)
     if true_cfg_scale <= 0 or not math.isfinite(true_cfg_scale):
         raise ValueError(f"true_cfg_scale must be a positive number, got {true_cfg_scale!r}.")
-    context = _TrueCfgContext(model) if family is FLUX and config.enabled else None
+    context = _TrueCfgContext(model) if family.separate_cfg and config.enabled else None
     try:
         return attach_seg_to_transformer(
             pipe.transformer,
@@ -430,7 +510,7 @@ def attach_seg_to_transformer(
         config,
         read_host,
         UNDO_HINT,
-        transformer_fork_plan(model, names, family) if share_prefix and family.forks else None,
+        transformer_fork_plan(model, names, family) if share_prefix and family.forks and family.shares_prefix else None,
         read_inputs=lambda args, kwargs: family.read_inputs(model, args, kwargs),
         unbatched=family.unbatched,
         owns_call=owns_call,

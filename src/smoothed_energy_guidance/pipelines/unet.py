@@ -13,7 +13,7 @@ from ..hooks import ForkPlan, HostStep, QueryTarget, SegHooks, append_cond_rows
 from ..layers import AttentionInventory, resolve_layers, unet_self_attention_inventory
 from .progress import LoopProgress
 from .queries import query_source
-from .scope import call_owner_check
+from .scope import call_owner_check, pipeline_call_locals
 
 UNDO_HINT = (
     "Enable SEG again after fusing QKV projections, loading LoRA or replacing the UNet "
@@ -132,9 +132,16 @@ def host_reader(pipe: Any):
     progress = LoopProgress(pipe)
 
     def read(timestep: Any) -> HostStep:
+        if hasattr(type(pipe), "do_classifier_free_guidance"):
+            cfg, guidance_scale = pipe.do_classifier_free_guidance, pipe.guidance_scale
+        else:  # PixArt keeps them as locals of its __call__
+            settings = pipeline_call_locals(pipe)
+            cfg, guidance_scale = settings.get("do_classifier_free_guidance"), settings.get("guidance_scale")
+            if cfg is None or guidance_scale is None:
+                raise RuntimeError(f"SEG could not read the CFG settings of the running {type(pipe).__name__} call.")
         return HostStep(
-            cfg=bool(pipe.do_classifier_free_guidance),
-            guidance_scale=float(pipe.guidance_scale),
+            cfg=bool(cfg),
+            guidance_scale=float(guidance_scale),
             guidance_rescale=float(getattr(pipe, "guidance_rescale", 0.0) or 0.0),
             progress=progress(timestep),
         )

@@ -28,6 +28,22 @@ def _blur_rows(q, rows: slice, grid, sigma, token_dim: int, text_tokens: int):
     return out
 
 
+# position ids and rotary tables: one per token, shared by the batch
+UNBATCHED = {"img_ids", "txt_ids", "image_rotary_emb", "position_ids", "image_cond_ids"}
+
+
+def _with_cond_rows(value, rows: int, cond: slice):
+    """Append the cond rows to every per-sample tensor, also inside lists and dicts (ControlNet residuals,
+    PixArt's added conditions)."""
+    if isinstance(value, torch.Tensor):
+        return torch.cat([value, value[cond]]) if value.ndim >= 1 and value.shape[0] == rows else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_with_cond_rows(item, rows, cond) for item in value)
+    if isinstance(value, dict):
+        return {key: _with_cond_rows(item, rows, cond) for key, item in value.items()}
+    return value
+
+
 @contextlib.contextmanager
 def reference_seg_transformer(
     model,
@@ -80,13 +96,11 @@ def reference_seg_transformer(
         rows = kwargs["hidden_states"].shape[0]
         per = rows // 2 if cfg else rows
         cond = slice(rows - per, rows)
-        batched = ("hidden_states", "encoder_hidden_states", "encoder_hidden_states_mask", "pooled_projections")
-        for key in (*batched, "timestep", "guidance", "img_shapes"):
-            value = kwargs.get(key)
-            if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == rows:
-                kwargs[key] = torch.cat([value, value[cond]])
-            elif isinstance(value, list) and len(value) == rows:  # per-sample lists (Qwen-Image img_shapes)
+        for key, value in kwargs.items():
+            if key == "img_shapes" and len(value) == rows:  # per-sample lists (Qwen-Image)
                 kwargs[key] = value + value[cond]
+            elif key not in UNBATCHED:
+                kwargs[key] = _with_cond_rows(value, rows, cond)
         state["rows"] = slice(rows, rows + per)
         try:
             noise = original_forward(*args, **{**kwargs, "return_dict": False})[0]

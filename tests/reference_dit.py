@@ -93,9 +93,10 @@ def reference_seg_transformer(
         state["calls"] += 1
         if true_cfg_scale is not None and index % 2 == 1:  # the uncond call of this step
             return original_forward(*args, **kwargs)
-        rows = kwargs["hidden_states"].shape[0]
+        rows = (args[0] if args else kwargs["hidden_states"]).shape[0]
         per = rows // 2 if cfg else rows
         cond = slice(rows - per, rows)
+        args = tuple(_with_cond_rows(value, rows, cond) for value in args)
         for key, value in kwargs.items():
             if key == "img_shapes" and len(value) == rows:  # per-sample lists (Qwen-Image)
                 kwargs[key] = value + value[cond]

@@ -67,9 +67,12 @@ class SegCallMixin:
         super().__init_subclass__(**kwargs)
         if "__call__" in cls.__dict__:
             return  # a subclass that writes its own __call__ keeps it
-        host_call = getattr(super(), "__call__", None)
-        if host_call is None:
+        host = next(
+            base for base in cls.__mro__[1:] if base is not SegCallMixin and "__call__" in vars(base) or base is object
+        )
+        if host is object:
             return  # diffusers' placeholder for a pipeline whose backend (e.g. sentencepiece) is not installed
+        host_call = super().__call__
 
         @functools.wraps(host_call)
         def __call__(self, *args: Any, **kwargs: Any) -> Any:

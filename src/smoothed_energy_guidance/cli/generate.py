@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,8 +75,8 @@ class PipelineCache:
 
 def default_size(pipe: Any) -> tuple[int, int]:
     """The model's native size: UNet sample size, or the transformer pipeline's default, × VAE factor."""
-    unet = getattr(pipe, "unet", None)
-    sample = unet.config.sample_size if unet is not None else pipe.default_sample_size
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    sample = getattr(pipe, "default_sample_size", None) or denoiser.config.sample_size
     side = sample * pipe.vae_scale_factor
     return side, side
 
@@ -116,10 +117,15 @@ def call_arguments(settings: GenerationSettings, pipe: Any) -> dict[str, Any]:
     }
     if settings.task in ("text2img", "controlnet", "inpaint"):
         call.update(width=width, height=height)
-    if type(pipe).__name__.startswith("Flux") and settings.negative_prompt and settings.cfg > 1:
-        call["true_cfg_scale"] = settings.cfg  # Flux's CFG is a second, negative-prompt pass
+    accepts = inspect.signature(pipe.__call__).parameters
+    if "max_area" in accepts:  # Kontext rescales its output to this area (one megapixel unless told)
+        call["max_area"] = width * height
+    if "true_cfg_scale" in accepts and settings.negative_prompt and settings.cfg > 1:
+        call["true_cfg_scale"] = settings.cfg  # Flux's / Qwen-Image's CFG is a second, negative-prompt pass
     if settings.init_image:
-        call.update(image=open_image(settings.init_image), strength=settings.strength)
+        call["image"] = open_image(settings.init_image)
+        if "strength" in accepts:  # editing pipelines (Kontext, Qwen-Image edit) take the image as reference
+            call["strength"] = settings.strength
     if settings.mask:
         call["mask_image"] = open_image(settings.mask, "L")
     if settings.control_image:

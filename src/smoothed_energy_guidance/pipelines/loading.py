@@ -19,7 +19,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from . import dit, sd, sdxl
+from . import dit, kolors, sd, sdxl
 from .enable import SUPPORTED_FAMILIES
 
 #: Built-in offline model: a tiny SDXL-architecture pipeline with random weights.
@@ -40,7 +40,7 @@ SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
     "unipc": (UniPCMultistepScheduler, {}),
 }
 
-#: The SEG pipeline class of each family and task.
+#: The SEG pipeline class of each family and task; a family's first task is the one its models load as.
 FAMILY_TASKS: dict[str, dict[str, type]] = {
     "sdxl": {
         "text2img": sdxl.StableDiffusionXLSEGPipeline,
@@ -56,6 +56,17 @@ FAMILY_TASKS: dict[str, dict[str, type]] = {
     },
     "sd3": {"text2img": dit.StableDiffusion3SEGPipeline, "img2img": dit.StableDiffusion3SEGImg2ImgPipeline},
     "flux": {"text2img": dit.FluxSEGPipeline, "img2img": dit.FluxSEGImg2ImgPipeline},
+    "flux-fill": {"inpaint": dit.FluxFillSEGPipeline},
+    # Kontext edits the --init-image (its reference image) or draws from the prompt alone
+    "flux-kontext": {"text2img": dit.FluxKontextSEGPipeline, "img2img": dit.FluxKontextSEGPipeline},
+    "chroma": {"text2img": dit.ChromaSEGPipeline, "img2img": dit.ChromaSEGImg2ImgPipeline},
+    "qwen-image": {"text2img": dit.QwenImageSEGPipeline, "img2img": dit.QwenImageSEGImg2ImgPipeline},
+    "qwen-image-edit": {"img2img": dit.QwenImageEditSEGPipeline},
+    "kolors": {"text2img": kolors.KolorsSEGPipeline, "img2img": kolors.KolorsSEGImg2ImgPipeline},
+    "pixart-alpha": {"text2img": dit.PixArtAlphaSEGPipeline},
+    "pixart-sigma": {"text2img": dit.PixArtSigmaSEGPipeline},
+    "hunyuandit": {"text2img": dit.HunyuanDiTSEGPipeline},
+    "sana": {"text2img": dit.SanaSEGPipeline},
 }
 TASK_CLASSES = FAMILY_TASKS["sdxl"]
 # single-file key markers, checked in this order
@@ -65,19 +76,35 @@ _SINGLE_FILE_MARKERS = (
     ("flux", "double_blocks."),
     ("sd", "model.diffusion_model.input_blocks."),
 )
+# diffusers pipeline class-name prefixes → family, most specific first; None: a family SEG does not run
+_CLASS_PREFIXES = (
+    ("StableDiffusionXL", "sdxl"),
+    ("StableDiffusion3", "sd3"),
+    ("StableDiffusion", "sd"),
+    ("FluxFill", "flux-fill"),
+    ("FluxKontext", "flux-kontext"),
+    ("Flux2", None),
+    ("Flux", "flux"),
+    ("Chroma", "chroma"),
+    ("QwenImageEdit", "qwen-image-edit"),
+    ("QwenImage", "qwen-image"),
+    ("Kolors", "kolors"),
+    ("PixArtAlpha", "pixart-alpha"),
+    ("PixArtSigma", "pixart-sigma"),
+    ("HunyuanDiT", "hunyuandit"),
+    ("SanaSprint", None),
+    ("Sana", "sana"),
+)
 
 
 def family_of_class_name(name: str) -> str | None:
     """``StableDiffusionXLPipeline`` → ``sdxl`` and so on; None for other pipelines."""
-    if name.startswith("StableDiffusionXL"):
-        return "sdxl"
-    if name.startswith("StableDiffusion3"):
-        return "sd3"
-    if name.startswith("Flux"):
-        return "flux"
-    if name.startswith("StableDiffusion"):
-        return "sd"
-    return None
+    return next((family for prefix, family in _CLASS_PREFIXES if name.startswith(prefix)), None)
+
+
+def base_task(family: str) -> str:
+    """The task a family's models load as (text2img, or inpaint for Flux Fill, img2img for Qwen-Image edit)."""
+    return next(iter(FAMILY_TASKS[family]))
 
 
 def family_of_pipeline(pipe: Any) -> str:
@@ -306,7 +333,7 @@ def load_base_pipeline(
     if path.is_file():
         refuse_unless_safetensors(path, allow_pickle)
     family = detect_family(model)
-    cls = FAMILY_TASKS[family]["text2img"]
+    cls = FAMILY_TASKS[family][base_task(family)]
     use_safetensors = None if allow_pickle else True
     if model == TOY_MODEL:
         if not (TOY_MODEL_DIR / "model_index.json").exists():
@@ -359,7 +386,7 @@ def pipeline_for_task(
         raise ValueError(f"Task {task!r} is not available for {family} models; available: {', '.join(tasks)}.")
     if (task == "controlnet") != (controlnet is not None):
         raise ValueError("Pass a ControlNet exactly when the task is 'controlnet'.")
-    if task == "text2img":
+    if tasks[task] is type(base):
         return base
     if task != "controlnet":
         return tasks[task].from_pipe(base)

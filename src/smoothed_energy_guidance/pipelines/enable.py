@@ -12,7 +12,10 @@ from ..hooks import SegHooks
 from .transformer import enable_seg_transformer, transformer_family
 from .unet import enable_seg_unet
 
-SUPPORTED_FAMILIES = "Stable Diffusion 1.x/2.x, Stable Diffusion XL, Stable Diffusion 3/3.5 and Flux.1"
+SUPPORTED_FAMILIES = (
+    "Stable Diffusion 1.x/2.x, Stable Diffusion XL, Kolors, Stable Diffusion 3/3.5, Flux.1 (with Fill and Kontext), "
+    "Chroma, Qwen-Image, PixArt-α/Σ, HunyuanDiT and Sana"
+)
 
 
 def enable_seg(
@@ -37,7 +40,7 @@ def enable_seg(
         blur_sigma: Gaussian σ; anything above 9999, e.g. ``float("inf")``, gives uniform queries.
         layers: layer specs; None is the family default: ``["mid"]`` for UNets (every self-attention
             of the lowest-resolution level where the mid block has none), the middle transformer
-            block for SD3 / Flux (see the README for the grammar). An empty list is an error.
+            block for transformers (see the README for the grammar). An empty list is an error.
         start, end: SEG runs on the steps whose index / number of steps is in ``[start, end)``,
             counting the steps of the loop the pipeline really runs (see :mod:`.progress`).
 
@@ -46,8 +49,9 @@ def enable_seg(
     pipeline while a handle is active is refused; remove that handle first.
         share_prefix: run the denoiser up to the first SEG block once for cond and perturbed rows
             (exact, and cheaper); False repeats the whole pass, as the official pipeline does.
-        true_cfg_scale: Flux only: the ``true_cfg_scale`` the pipeline call uses with a negative
-            prompt, so that SEG adds exactly ``s·(cond − perturbed)`` on top of true CFG.
+        true_cfg_scale: families that run CFG as a second call (Flux, Chroma, Qwen-Image): the CFG scale
+            the pipeline call uses (``true_cfg_scale`` with a negative prompt; Chroma's
+            ``guidance_scale``), so that SEG adds exactly ``s·(cond − perturbed)`` on top of that CFG.
     """
     config = SegConfig(scale=scale, blur_sigma=blur_sigma, layers=layers, start=start, end=end)
     if not config.enabled:

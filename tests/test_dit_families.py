@@ -9,6 +9,7 @@ output of ``to_q`` (or of its ``norm_q``) by the dense blur, upstream of the ReL
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import diffusers
@@ -333,3 +334,54 @@ def test_sd3_controlnet_matches_the_reference(cfg):
         max_sequence_length=16,
     )
     check(ours, host, ["transformer_blocks.1.attn"], call, 1.0, cfg, 2)
+
+
+def _raise(*args, **kwargs):
+    raise RuntimeError("interrupted by the user")
+
+
+@pytest.mark.parametrize("family", ["qwen-image", "pixart", "hunyuandit", "sana", "sd3-controlnet"])
+def test_hooks_are_gone_after_an_exception(family):
+    """A callback that raises mid-loop (an interrupt) leaves no SEG hook on the denoiser."""
+    if family == "qwen-image":
+        pipe = make_pipe(seg.QwenImageSEGPipeline, qwen_parts())
+        call = dict(QWEN_CALL, true_cfg_scale=4.0)
+    elif family == "pixart":
+        pipe = make_pipe(seg.PixArtSigmaSEGPipeline, pixart_parts())
+        call = dict(embeddings(6, 32, "prompt_attention_mask"), negative_prompt=None, height=32, width=48)
+    elif family == "hunyuandit":
+        pipe = make_pipe(seg.HunyuanDiTSEGPipeline, hunyuan_parts())
+        call = dict(
+            embeddings(6, 32, "prompt_attention_mask"),
+            **embeddings(7, 32, "prompt_attention_mask", suffix="_2"),
+            height=128,
+            width=192,
+        )
+    elif family == "sana":
+        pipe = make_pipe(seg.SanaSEGPipeline, sana_parts(None))
+        call = dict(embeddings(6, 32, "prompt_attention_mask"), negative_prompt=None, height=64, width=96)
+    else:
+        parts = tiny_sd3_components(seed=0)
+        parts["controlnet"] = diffusers.SD3ControlNetModel(
+            sample_size=16,
+            patch_size=2,
+            in_channels=4,
+            num_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=4,
+            joint_attention_dim=32,
+            caption_projection_dim=32,
+            pooled_projection_dim=64,
+            out_channels=4,
+            pos_embed_max_size=32,
+        )
+        pipe = make_pipe(seg.StableDiffusion3ControlNetSEGPipeline, parts)
+        call = dict(prompt="a cube", control_image=picture(2, (48, 32)), height=32, width=48, max_sequence_length=16)
+    accepts = inspect.signature(pipe.__call__).parameters
+    if "use_resolution_binning" in accepts:
+        call["use_resolution_binning"] = False
+    # PixArt still takes the older per-step callback
+    call.update(callback_on_step_end=_raise) if "callback_on_step_end" in accepts else call.update(callback=_raise)
+    with pytest.raises(RuntimeError, match="interrupted by the user"):
+        pipe(**{**call, "num_inference_steps": 3}, output_type="latent")
+    assert no_hooks_left(pipe.transformer)

@@ -47,6 +47,18 @@ def reference_blur_matrix(sigma: float, height: int, width: int) -> torch.Tensor
     return torch.kron(reference_axis_matrix(sigma, height), reference_axis_matrix(sigma, width))
 
 
+def reference_video_blur_matrix(sigma: float, temporal_sigma: float, frames: int, height: int, width: int):
+    """(t·h·w)² matrix for row-major tokens n = (f·h + i)·w + j: the spatial matrix within each frame, then
+    the 1-D temporal one along frames (σ_t = 0: none; > 9999: the mean over frames)."""
+    if temporal_sigma == 0:
+        temporal = torch.eye(frames, dtype=torch.float64)
+    elif temporal_sigma > 9999:
+        temporal = torch.full((frames, frames), 1.0 / frames, dtype=torch.float64)
+    else:
+        temporal = reference_axis_matrix(temporal_sigma, frames)
+    return torch.kron(temporal, reference_blur_matrix(sigma, height, width))
+
+
 def reference_blur_queries(q: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
     """(B, N, C) queries blurred by the dense matrix, in float64, returned in q's dtype."""
     matrix = reference_blur_matrix(sigma, height, width)

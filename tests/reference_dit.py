@@ -12,12 +12,15 @@ import contextlib
 
 import torch
 
-from reference import reference_blur_matrix
+from reference import reference_blur_matrix, reference_video_blur_matrix
 
 
-def _blur_rows(q, rows: slice, grid, sigma, token_dim: int, text_tokens: int):
-    matrix = reference_blur_matrix(sigma, *grid).to(torch.float64)
-    image = slice(text_tokens, text_tokens + grid[0] * grid[1])  # reference-image tokens may follow
+def _blur_rows(q, rows: slice, grid, sigma, token_dim: int, text_tokens: int, temporal_sigma: float = 0.0):
+    if len(grid) == 3:
+        matrix = reference_video_blur_matrix(sigma, temporal_sigma, *grid)
+    else:
+        matrix = reference_blur_matrix(sigma, *grid).to(torch.float64)
+    image = slice(text_tokens, text_tokens + matrix.shape[0])  # reference-image tokens may follow
     out = q.clone()
     if token_dim == 2:  # (B, heads, N, D)
         part = q[rows][:, :, image].double()
@@ -57,6 +60,7 @@ def reference_seg_transformer(
     token_dim=2,
     true_cfg_scale=None,
     hand_true_cond=False,
+    temporal_sigma=0.0,
 ):
     """Patch ``model.forward`` and each chosen attention's query source for the duration.
 
@@ -80,7 +84,7 @@ def reference_seg_transformer(
             y = original(x)
             if state["rows"] is None:
                 return y
-            return _blur_rows(y, state["rows"], grid, sigma, dim, (text_tokens or {}).get(name, 0))
+            return _blur_rows(y, state["rows"], grid, sigma, dim, (text_tokens or {}).get(name, 0), temporal_sigma)
 
         source.forward = forward
         patched.append(source)

@@ -24,6 +24,8 @@ _EXPORTS = {
     "from_pipe": "pipelines",
     "SmoothedEnergyGuidance": "pipelines",
     "StableDiffusionSEGPipeline": "pipelines",
+    "WanSEGPipeline": "pipelines",
+    "WanSEGImageToVideoPipeline": "pipelines",
     "StableDiffusion3ControlNetSEGPipeline": "pipelines",
     "FluxFillSEGPipeline": "pipelines",
     "FluxKontextSEGPipeline": "pipelines",

@@ -81,25 +81,42 @@ def blur_feature_map(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return _blur_axis(_blur_axis(x, sigma, size, dim=-1), sigma, size, dim=-2)
 
 
-def blur_queries(q: torch.Tensor, grid: tuple[int, int], sigma: float) -> torch.Tensor:
-    """Blur queries of shape (B, N, C) over their row-major ``h × w`` token grid.
+def _blur_frames(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur (B, C, t, s) along t (frames) with the SEG kernel rules; ∞ gives each position its mean over t."""
+    if is_infinite_sigma(sigma):
+        return x.mean(dim=2, keepdim=True).expand_as(x)
+    return _blur_axis(x, sigma, kernel_size(sigma), dim=-2)
 
-    Token ``n = i·w + j``. For σ > 9999 every token's query becomes the per-channel mean
-    over all N tokens; otherwise the Gaussian of :func:`blur_feature_map` is applied.
+
+def blur_queries(q: torch.Tensor, grid: tuple[int, ...], sigma: float, temporal_sigma: float = 0.0) -> torch.Tensor:
+    """Blur queries of shape (B, N, C) over their row-major token grid, ``h × w`` or ``t × h × w``.
+
+    Token ``n = i·w + j`` (``n = (f·h + i)·w + j`` for video). For σ > 9999 every token's query becomes
+    the per-channel mean over all of a frame's tokens; otherwise the Gaussian of
+    :func:`blur_feature_map` is applied within each frame. Video grids are then blurred along time
+    with ``temporal_sigma`` by the same kernel rules (0: no temporal blur; > 9999: the mean over frames),
+    so both σ infinite make every query the mean over the whole clip.
 
     >>> q = torch.arange(12.0).view(1, 6, 2)
     >>> blur_queries(q, (2, 3), float("inf"))[0, :, 0].tolist()
     [5.0, 5.0, 5.0, 5.0, 5.0, 5.0]
     """
-    height, width = grid
+    frames, (height, width) = (grid[0], grid[1:]) if len(grid) == 3 else (1, grid)
     batch, tokens, channels = q.shape
-    if tokens != height * width:
+    if tokens != frames * height * width:
+        shape = "x".join(map(str, grid))
         raise ValueError(
-            f"Query has {tokens} tokens but the grid is {height}x{width} = {height * width}; "
+            f"Query has {tokens} tokens but the grid is {shape} = {frames * height * width}; "
             "the grid must be the layer's real feature-map size."
         )
+    per_frame = q.reshape(batch * frames, height * width, channels)
     if is_infinite_sigma(sigma):
-        return q.mean(dim=1, keepdim=True).expand(batch, tokens, channels)
-    feature_map = q.transpose(1, 2).reshape(batch, channels, height, width)
-    blurred = blur_feature_map(feature_map, sigma)
-    return blurred.reshape(batch, channels, tokens).transpose(1, 2)
+        blurred = per_frame.mean(dim=1, keepdim=True).expand_as(per_frame)
+    else:
+        feature_map = per_frame.transpose(1, 2).reshape(batch * frames, channels, height, width)
+        blurred = blur_feature_map(feature_map, sigma).reshape(batch * frames, channels, height * width)
+        blurred = blurred.transpose(1, 2)
+    if frames > 1 and temporal_sigma > 0:
+        clip = blurred.reshape(batch, frames, height * width, channels).permute(0, 3, 1, 2)
+        blurred = _blur_frames(clip, temporal_sigma).permute(0, 2, 3, 1)
+    return blurred.reshape(batch, tokens, channels)

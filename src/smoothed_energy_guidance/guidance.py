@@ -24,6 +24,8 @@ class SegConfig:
             family's default (``["mid"]`` for UNets, the middle block for transformers).
         start: first fraction of the denoising steps during which SEG runs.
         end: fraction of the steps at which SEG stops (exclusive).
+        temporal_sigma: video only: Gaussian σ along time, in frames of the token grid (0: none; any
+            value > 9999: the mean over frames). ``blur_sigma`` is then the spatial σ within each frame.
     """
 
     scale: float = 3.0
@@ -31,6 +33,7 @@ class SegConfig:
     layers: tuple[str, ...] | None = None
     start: float = 0.0
     end: float = 1.0
+    temporal_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
@@ -43,6 +46,15 @@ class SegConfig:
         if not isinstance(self.blur_sigma, (int, float)) or math.isnan(self.blur_sigma) or self.blur_sigma <= 0:
             raise ValueError(
                 f"seg_blur_sigma must be > 0 (use float('inf') for uniform queries), got {self.blur_sigma!r}."
+            )
+        if (
+            not isinstance(self.temporal_sigma, (int, float))
+            or math.isnan(self.temporal_sigma)
+            or self.temporal_sigma < 0
+        ):
+            raise ValueError(
+                f"seg_temporal_sigma must be >= 0 (0: no blur along time; float('inf'): the mean over frames), "
+                f"got {self.temporal_sigma!r}."
             )
         if self.layers is not None:
             layers = (self.layers,) if isinstance(self.layers, (str, int)) else tuple(self.layers)

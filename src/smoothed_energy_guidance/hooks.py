@@ -75,7 +75,7 @@ class DenoiserInputs:
     """What SEG reads from one denoiser call's arguments."""
 
     rows: int
-    grid: tuple[int, int]  # latent (UNet) or token (transformer) grid
+    grid: tuple[int, ...]  # latent (UNet) or token (transformer) grid; (t, h, w) for video
     timestep: Any
     # A cond-only call whose output the host subtracts from its cond prediction (SD3 skip-layer
     # guidance): SEG adds no rows there, and shifts it so the host's subtraction sees the true cond.
@@ -101,7 +101,7 @@ class PerturbedCall:
     host: HostStep
     host_rows: int
     group_rows: int
-    latent_hw: tuple[int, int]
+    latent_hw: tuple[int, ...]
     seg_scale: float
     text_tokens: int | None = None
     forked: bool = False  # the perturbed rows fork off at the first SEG block (else: joined at the input)
@@ -116,8 +116,13 @@ class PerturbedCall:
         return slice(self.host_rows - self.group_rows, self.host_rows)
 
 
-def layer_grid(latent_hw: tuple[int, int], downsample: int) -> tuple[int, int]:
-    """Grid of a layer ``downsample`` levels below the latent: each level halves with ceil."""
+def layer_grid(latent_hw: tuple[int, ...], downsample: int) -> tuple[int, ...]:
+    """Grid of a layer ``downsample`` levels below the latent: each level halves with ceil.
+
+    A video token grid (t, h, w) of a transformer is used as it is (its layers share one grid).
+    """
+    if len(latent_hw) == 3:
+        return latent_hw
     height, width = latent_hw
     for _ in range(downsample):
         height, width = math.ceil(height / 2), math.ceil(width / 2)
@@ -364,7 +369,7 @@ class SegHooks:
         return blur_perturbed_queries
 
     def _blur_image_queries(
-        self, q: torch.Tensor, grid: tuple[int, int], target: QueryTarget, text_tokens: int | None = None
+        self, q: torch.Tensor, grid: tuple[int, ...], target: QueryTarget, text_tokens: int | None = None
     ) -> torch.Tensor:
         """Blur the image tokens of perturbed queries laid out as ``target`` says; text tokens stay."""
         if target.token_dim == 2:  # (B, heads, N, head_dim) → (B, N, heads·head_dim)
@@ -374,11 +379,11 @@ class SegHooks:
             flat = q.reshape(q.shape[0], q.shape[1], -1)
         # The image's tokens follow the text tokens (all of them, or the known count when reference-image
         # tokens come after) or open the query; everything else passes unchanged.
-        image_tokens = grid[0] * grid[1]
+        image_tokens = math.prod(grid)
         if not (target.image_tail or target.image_head) and flat.shape[1] != image_tokens:
             raise ValueError(
                 f"SEG layer {target.name} has {flat.shape[1]} query tokens but its grid is "
-                f"{grid[0]}x{grid[1]} = {image_tokens}; the grid must be the layer's real feature-map size."
+                f"{'x'.join(map(str, grid))} = {image_tokens}; the grid must be the layer's real feature-map size."
             )
         start = 0
         if target.image_tail:
@@ -386,10 +391,10 @@ class SegHooks:
         if start < 0 or start + image_tokens > flat.shape[1]:
             raise ValueError(
                 f"SEG layer {target.name} has {flat.shape[1]} query tokens, too few for {start} text tokens and a "
-                f"{grid[0]}x{grid[1]} image grid."
+                f"{'x'.join(map(str, grid))} image grid."
             )
         image = flat[:, start : start + image_tokens]
-        blurred_image = blur_queries(image, grid, self.config.blur_sigma).to(q.dtype)
+        blurred_image = blur_queries(image, grid, self.config.blur_sigma, self.config.temporal_sigma).to(q.dtype)
         blurred = torch.cat([flat[:, :start], blurred_image, flat[:, start + image_tokens :]], dim=1)
         if target.token_dim == 2:
             return blurred.reshape(batch, tokens, heads, head_dim).transpose(1, 2)

@@ -17,6 +17,8 @@ from .dit import (
     StableDiffusion3ControlNetSEGPipeline,
     StableDiffusion3SEGImg2ImgPipeline,
     StableDiffusion3SEGPipeline,
+    WanSEGImageToVideoPipeline,
+    WanSEGPipeline,
 )
 from .enable import SUPPORTED_FAMILIES, enable_seg, from_pipe
 from .guider import SmoothedEnergyGuidance, guider_families
@@ -60,6 +62,8 @@ from .sdxl import (
 )
 
 __all__ = [
+    "WanSEGPipeline",
+    "WanSEGImageToVideoPipeline",
     "StableDiffusion3ControlNetSEGPipeline",
     "FluxFillSEGPipeline",
     "FluxKontextSEGPipeline",

@@ -20,6 +20,8 @@ SEG arguments (Smoothed Energy Guidance, added by smoothed-energy-guidance):
         and the middle block for transformers. An empty list is an error.
     seg_applied_layers_index (`list[str]`, *optional*): official index names (``"d4"``, ``"m0"``,
         ``"u30"``); when given, they take precedence over ``seg_applied_layers``.
+    seg_temporal_sigma (`float`, defaults to 0.0): video models only: Gaussian σ along time, in latent
+        frames (0: each frame blurred on its own; any value > 9999: the mean over frames).
     seg_guidance_start, seg_guidance_end (`float`, defaults to 0.0 and 1.0): SEG runs on the
         denoising steps whose index / number of steps lies in ``[start, end)``, counting the steps
         of the loop the pipeline really runs (img2img and inpaint: the steps left after ``strength``;
@@ -36,6 +38,7 @@ _SEG_PARAMETERS = [
         "seg_applied_layers_index", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="Sequence[str] | None"
     ),
     inspect.Parameter("seg_guidance_start", inspect.Parameter.KEYWORD_ONLY, default=0.0, annotation="float"),
+    inspect.Parameter("seg_temporal_sigma", inspect.Parameter.KEYWORD_ONLY, default=0.0, annotation="float"),
     inspect.Parameter("seg_guidance_end", inspect.Parameter.KEYWORD_ONLY, default=1.0, annotation="float"),
 ]
 SEG_PARAMETER_NAMES = tuple(parameter.name for parameter in _SEG_PARAMETERS)
@@ -96,6 +99,7 @@ class SegCallMixin:
         seg_applied_layers_index: Sequence[str] | None = None,
         seg_guidance_start: float = 0.0,
         seg_guidance_end: float = 1.0,
+        seg_temporal_sigma: float = 0.0,
         **kwargs: Any,
     ) -> Any:
         layers = seg_applied_layers_index if seg_applied_layers_index is not None else seg_applied_layers
@@ -104,6 +108,7 @@ class SegCallMixin:
             self,
             scale=seg_scale,
             blur_sigma=seg_blur_sigma,
+            temporal_sigma=seg_temporal_sigma,
             layers=layers,
             start=seg_guidance_start,
             end=seg_guidance_end,

@@ -26,6 +26,8 @@ from diffusers import (
     StableDiffusion3ControlNetPipeline,
     StableDiffusion3Img2ImgPipeline,
     StableDiffusion3Pipeline,
+    WanImageToVideoPipeline,
+    WanPipeline,
 )
 
 from .call import SegCallMixin
@@ -100,3 +102,20 @@ class HunyuanDiTSEGPipeline(SegCallMixin, HunyuanDiTPipeline):
 
 class SanaSEGPipeline(SegCallMixin, SanaPipeline):
     """Sana with SEG: the Gaussian blurs the queries before the linear attention's ReLU feature map."""
+
+
+class WanSEGPipeline(SegCallMixin, WanPipeline):
+    """Wan 2.x text-to-video with SEG over the (t, h, w) token grid (``seg_temporal_sigma`` along time).
+
+    SEG runs on ``transformer``; Wan 2.2's low-noise ``transformer_2`` stage runs without it.
+    """
+
+    true_cfg_argument = "guidance_scale"
+    true_cfg_needs_negative = False
+
+
+class WanSEGImageToVideoPipeline(SegCallMixin, WanImageToVideoPipeline):
+    """Wan 2.x image-to-video with SEG over the (t, h, w) token grid."""
+
+    true_cfg_argument = "guidance_scale"
+    true_cfg_needs_negative = False

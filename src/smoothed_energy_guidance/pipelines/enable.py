@@ -14,7 +14,7 @@ from .unet import enable_seg_unet
 
 SUPPORTED_FAMILIES = (
     "Stable Diffusion 1.x/2.x, Stable Diffusion XL, Kolors, Stable Diffusion 3/3.5, Flux.1 (with Fill and Kontext), "
-    "Chroma, Qwen-Image, PixArt-α/Σ, HunyuanDiT and Sana"
+    "Chroma, Qwen-Image, PixArt-α/Σ, HunyuanDiT, Sana and Wan (video)"
 )
 
 
@@ -27,6 +27,7 @@ def enable_seg(
     end: float = 1.0,
     share_prefix: bool = True,
     true_cfg_scale: float = 1.0,
+    temporal_sigma: float = 0.0,
 ) -> SegHooks:
     """Make the pipeline's plain ``__call__`` run SEG until the returned handle is removed.
 
@@ -52,8 +53,12 @@ def enable_seg(
         true_cfg_scale: families that run CFG as a second call (Flux, Chroma, Qwen-Image): the CFG scale
             the pipeline call uses (``true_cfg_scale`` with a negative prompt; Chroma's
             ``guidance_scale``), so that SEG adds exactly ``s·(cond − perturbed)`` on top of that CFG.
+        temporal_sigma: video models: σ along time over the latent frames (0: none; > 9999: the mean
+            over frames); ``blur_sigma`` is then the spatial σ within each frame.
     """
-    config = SegConfig(scale=scale, blur_sigma=blur_sigma, layers=layers, start=start, end=end)
+    config = SegConfig(
+        scale=scale, blur_sigma=blur_sigma, layers=layers, start=start, end=end, temporal_sigma=temporal_sigma
+    )
     if not config.enabled:
         # s == 0 is the plain pipeline in every respect: nothing is resolved, checked or hooked.
         return SegHooks(None, (), config, read_host=None)

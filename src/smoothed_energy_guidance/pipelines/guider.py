@@ -82,7 +82,8 @@ class SmoothedEnergyGuidance(BaseGuidance):
         start, stop: the fraction of steps during which CFG runs (``start <= i / n < stop``).
         enabled: False turns all guidance off.
     Our own names, usable instead: ``scale`` (= ``seg_guidance_scale``), ``blur_sigma``
-    (= ``seg_blur_sigma``), ``layers`` (our grammar: ``["mid"]``, ``"d4-d9"``, ``"blocks.7"``, …;
+    (= ``seg_blur_sigma``), ``temporal_sigma`` (video: σ along time, 0 by default), ``layers``
+    (our grammar: ``["mid"]``, ``"d4-d9"``, ``"blocks.7"``, …;
     default: the family's own default, the mid block for UNets and the middle block for transformers).
 
     Without CFG the prediction is ``cond + s·(cond − perturbed)``, as in the official SEG pipeline;
@@ -110,6 +111,7 @@ class SmoothedEnergyGuidance(BaseGuidance):
         scale: float | None = None,
         blur_sigma: float | None = None,
         layers: str | Sequence[str] | None = None,
+        temporal_sigma: float = 0.0,
     ) -> None:
         super().__init__(start, stop, enabled)
         self.guidance_scale = guidance_scale
@@ -128,6 +130,7 @@ class SmoothedEnergyGuidance(BaseGuidance):
             layers=_layer_specs(layers, seg_guidance_layers, seg_guidance_config),
             start=seg_guidance_start,
             end=seg_guidance_stop,
+            temporal_sigma=temporal_sigma,
         )
         self._hooks: SegHooks | None = None
         self._pred_perturbed: torch.Tensor | None = None

@@ -303,6 +303,29 @@ SANA = TransformerFamily(
     attention_names=("attn1",),
     shares_prefix=False,
 )
+
+
+def _video_latent_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
+    """Video latents (B, C, F, H, W) patchified by ``config.patch_size`` = (p_t, p_h, p_w): a (t, h, w) grid."""
+    latents = args[0] if args else kwargs["hidden_states"]
+    frame_patch, height_patch, width_patch = model.config.patch_size
+    grid = (latents.shape[2] // frame_patch, latents.shape[3] // height_patch, latents.shape[4] // width_patch)
+    return DenoiserInputs(latents.shape[0], grid, kwargs.get("timestep"))
+
+
+# Wan 2.x: self-attention ``attn1`` over the (t, h, w) tokens, its query norm across heads (B, N, C); the
+# output modulation and unpatchify use pre-block tensors, so the perturbed rows join at the input.
+WAN = TransformerFamily(
+    "Wan",
+    "WanTransformer3D",
+    (("blocks", "blocks"),),
+    1,
+    _video_latent_inputs,
+    frozenset(),
+    attention_names=("attn1",),
+    shares_prefix=False,
+    separate_cfg=True,
+)
 #: Every transformer family SEG knows, found by the denoiser's class name.
 TRANSFORMER_FAMILIES = (
     SD3,
@@ -319,6 +342,7 @@ TRANSFORMER_FAMILIES = (
     PIXART,
     HUNYUAN_DIT,
     SANA,
+    WAN,
 )
 
 

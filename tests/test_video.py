@@ -1,0 +1,141 @@
+"""SEG over space and time on video transformers (Wan 2.x), against a dense (t·h·w)² reference.
+
+The reference (``reference.reference_video_blur_matrix``) is the Kronecker product of the 1-D temporal
+matrix and the per-frame spatial matrix, each built from the 1-D kernels by explicit reflection; it is
+patched over the chosen attentions' query norm by ``reference_dit``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from reference_dit import reference_seg_transformer
+
+import smoothed_energy_guidance as seg
+from conftest import MIN_EFFECT, TOLERANCE, make_pipe, no_hooks_left
+from smoothed_energy_guidance.blur import blur_queries
+
+# 9 frames → 3 latent frames (4× temporal VAE); 64 × 96 pixels → 8 × 12 latents → 4 × 6 tokens (2 × 2 patches)
+GRID = (3, 4, 6)
+CALL = dict(height=64, width=96, num_frames=9, num_inference_steps=3)
+
+
+def wan_parts():
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 4,
+        latents_std=[1.0] * 4,
+    )
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        text_dim=16,
+        freq_dim=16,
+        ffn_dim=32,
+        num_layers=3,
+        rope_max_seq_len=32,
+    )
+    with torch.no_grad():
+        for name, module in transformer.named_modules():
+            if name.endswith(".attn1"):
+                module.to_q.weight.mul_(4.0)
+                module.to_k.weight.mul_(4.0)
+        transformer.proj_out.weight.normal_(0.0, 0.2)  # zero-initialised: the output must depend on the blocks
+    return dict(
+        tokenizer=None,
+        text_encoder=None,
+        vae=vae.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        transformer=transformer.eval(),
+    )
+
+
+def embeddings() -> dict:
+    g = torch.Generator().manual_seed(1)
+    return dict(
+        prompt_embeds=torch.randn(1, 5, 16, generator=g), negative_prompt_embeds=torch.randn(1, 5, 16, generator=g)
+    )
+
+
+@pytest.mark.parametrize(
+    "sigma, temporal_sigma",
+    [(1.0, 0.0), (1.0, 1.0), (math.inf, 0.0), (2.0, math.inf), (math.inf, math.inf), (1.0, 0.7)],
+)
+@pytest.mark.parametrize("cfg", [True, False], ids=["cfg", "no-cfg"])
+def test_wan_matches_the_dense_video_reference(sigma, temporal_sigma, cfg):
+    from diffusers import WanPipeline
+
+    parts = wan_parts()
+    ours, host = make_pipe(seg.WanSEGPipeline, parts), make_pipe(WanPipeline, parts)
+    call = dict(CALL, **embeddings(), guidance_scale=4.0 if cfg else 1.0)
+
+    def fresh():
+        return dict(call, generator=torch.Generator().manual_seed(0), output_type="latent")
+
+    result = ours(**fresh(), seg_scale=3.0, seg_blur_sigma=sigma, seg_temporal_sigma=temporal_sigma).frames
+    names = ["blocks.1.attn1"]  # the default: the middle of three blocks
+    with reference_seg_transformer(
+        host.transformer,
+        names,
+        GRID,
+        sigma,
+        3.0,
+        False,
+        token_dim=1,
+        true_cfg_scale=4.0 if cfg else None,
+        temporal_sigma=temporal_sigma,
+    ):
+        reference = host(**fresh()).frames
+    plain = host(**fresh()).frames
+    assert result.shape[2] == GRID[0]
+    assert (result - reference).abs().max() <= TOLERANCE
+    assert (plain - reference).abs().max() > MIN_EFFECT
+    assert torch.equal(ours(**fresh(), seg_scale=0.0).frames, plain)
+    assert no_hooks_left(ours.transformer)
+
+
+@pytest.mark.parametrize("temporal_sigma, mixes", [(0.0, False), (1.0, True), (math.inf, True)])
+def test_temporal_blur_mixes_frames_only_when_asked(temporal_sigma, mixes):
+    """Changing frame 0's queries changes the other frames' blurred queries only when σ_t > 0."""
+    q = torch.randn(2, math.prod(GRID), 8, generator=torch.Generator().manual_seed(3))
+    changed = q.clone()
+    changed[:, : GRID[1] * GRID[2]] += 1.0  # frame 0
+    before = blur_queries(q, GRID, 1.0, temporal_sigma)
+    after = blur_queries(changed, GRID, 1.0, temporal_sigma)
+    other_frames = slice(GRID[1] * GRID[2], None)
+    moved = (after[:, other_frames] - before[:, other_frames]).abs().max().item()
+    assert (moved > 1e-3) is mixes
+
+
+def test_both_infinite_make_every_query_the_clip_mean():
+    q = torch.randn(1, math.prod(GRID), 4, generator=torch.Generator().manual_seed(4))
+    blurred = blur_queries(q, GRID, math.inf, math.inf)
+    assert torch.allclose(blurred, q.mean(dim=1, keepdim=True).expand_as(q), atol=1e-6)
+
+
+def test_negative_temporal_sigma_is_refused():
+    with pytest.raises(ValueError, match="seg_temporal_sigma must be >= 0"):
+        seg.SegConfig(temporal_sigma=-1.0)
+
+
+def test_hooks_are_gone_after_an_exception():
+    ours = make_pipe(seg.WanSEGPipeline, wan_parts())
+
+    def interrupt(*args, **kwargs):
+        raise RuntimeError("interrupted by the user")
+
+    with pytest.raises(RuntimeError, match="interrupted by the user"):
+        ours(**CALL, **embeddings(), output_type="latent", callback_on_step_end=interrupt, seg_temporal_sigma=1.0)
+    assert no_hooks_left(ours.transformer)

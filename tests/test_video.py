@@ -22,7 +22,7 @@ GRID = (3, 4, 6)
 CALL = dict(height=64, width=96, num_frames=9, num_inference_steps=3)
 
 
-def wan_parts():
+def wan_parts(text_dim: int = 16):
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
     torch.manual_seed(0)
@@ -41,7 +41,7 @@ def wan_parts():
         attention_head_dim=8,
         in_channels=4,
         out_channels=4,
-        text_dim=16,
+        text_dim=text_dim,
         freq_dim=16,
         ffn_dim=32,
         num_layers=3,

@@ -67,16 +67,21 @@ class PipelineCache:
         pipe.set_progress_bar_config(disable=not self.progress, leave=False, desc="steps")
         return pipe
 
-    def render(self, settings: GenerationSettings) -> Image.Image:
-        """One image for ``settings`` (its seed, one image per call)."""
+    def render(self, settings: GenerationSettings) -> Image.Image | list[Image.Image]:
+        """One image for ``settings`` (its seed, one image per call); a video model's frames as a list."""
         pipe = self.pipeline(settings)
-        return pipe(**call_arguments(settings, pipe)).images[0]
+        output = pipe(**call_arguments(settings, pipe))
+        frames = getattr(output, "frames", None)
+        return list(frames[0]) if frames is not None else output.images[0]
 
 
 def default_size(pipe: Any) -> tuple[int, int]:
     """The model's native size: UNet sample size, or the transformer pipeline's default, × VAE factor."""
     denoiser = getattr(pipe, "unet", None) or pipe.transformer
-    sample = getattr(pipe, "default_sample_size", None) or denoiser.config.sample_size
+    sample = getattr(pipe, "default_sample_size", None) or denoiser.config.get("sample_size")
+    if sample is None:  # video pipelines state their size as call defaults (Wan: 832 × 480)
+        defaults = inspect.signature(pipe.__call__).parameters
+        return defaults["width"].default, defaults["height"].default
     side = sample * pipe.vae_scale_factor
     return side, side
 
@@ -118,6 +123,10 @@ def call_arguments(settings: GenerationSettings, pipe: Any) -> dict[str, Any]:
     if settings.task in ("text2img", "controlnet", "inpaint"):
         call.update(width=width, height=height)
     accepts = inspect.signature(pipe.__call__).parameters
+    if "num_frames" in accepts:  # a video model: its frames as PIL images
+        call.update(seg_temporal_sigma=settings.temporal_sigma, output_type="pil")
+        if settings.frames is not None:
+            call["num_frames"] = settings.frames
     if "max_area" in accepts:  # Kontext rescales its output to this area (one megapixel unless told)
         call["max_area"] = width * height
     if "true_cfg_scale" in accepts and settings.negative_prompt and settings.cfg > 1:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..pipelines import DEFAULT_MODEL, SCHEDULERS, TOY_MODEL, ModelLoadError
-from .settings import GenerationSettings, parse_layers, parse_lora, parse_sigma
+from .settings import GenerationSettings, parse_layers, parse_lora, parse_sigma, parse_temporal_sigma
 
 # option → (settings field, parser); options left out on the command line keep their defaults
 SETTING_OPTIONS: dict[str, tuple[str, Any, str]] = {
@@ -41,6 +41,13 @@ SETTING_OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--strength": ("strength", float, "how much of the init image to repaint (default 0.8)"),
     "--mask": ("mask", str, "white = repaint (inpainting; needs --init-image)"),
     "--dtype": ("dtype", str, "auto, fp16, bf16 or fp32 (auto: fp16 on CUDA)"),
+    "--frames": ("frames", int, "video models: frames to make (default: the model's)"),
+    "--fps": ("fps", int, "video models: frames per second of the MP4 / WebP written (default 16)"),
+    "--temporal-sigma": (
+        "temporal_sigma",
+        parse_temporal_sigma,
+        "video models: SEG blur σ along time, 0 (default: none), a number or 'inf'",
+    ),
 }
 
 
@@ -147,6 +154,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     settings = _settings(args, base)
     images = generate(_cache(args), settings)
     for image, single in tqdm(images, total=settings.num_images, desc="images", disable=args.quiet):
+        if isinstance(image, list):  # a video model's frames
+            from .video import save_video
+
+            for path in save_video(image, free_path(args.out / f"seg-{single.seed}.mp4", args.overwrite), single):
+                print(path)
+            continue
         path = save_png(image, free_path(args.out / f"seg-{single.seed}.png", args.overwrite), single)
         print(path)
     return 0

@@ -95,10 +95,16 @@ def save_png(image: Image.Image, path: Path, settings: GenerationSettings, extra
 
 
 def read_png_settings(path: str | Path) -> tuple[str | None, dict | None]:
-    """The ``parameters`` text and the JSON record of a PNG (either may be None)."""
+    """The ``parameters`` text and the JSON record of a PNG (either may be None); for an MP4 or WebP
+    written by ``seg``, its JSON record."""
     try:
-        with Image.open(path) as image:
-            text = dict(getattr(image, "text", {}) or image.info)
+        if Path(path).suffix.lower() in (".mp4", ".webp"):
+            from .video import read_video_record
+
+            text = {JSON_KEY: read_video_record(Path(path))}
+        else:
+            with Image.open(path) as image:
+                text = dict(getattr(image, "text", {}) or image.info)
     except FileNotFoundError:
         raise ValueError(f"Cannot read image {path}: no such file.") from None
     except (UnidentifiedImageError, OSError) as error:

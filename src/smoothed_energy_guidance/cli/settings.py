@@ -37,6 +37,9 @@ class GenerationSettings:
     strength: float = 0.8
     mask: str | None = None
     dtype: str = "auto"
+    frames: int | None = None  # video models: frames to make (None: the model's default)
+    fps: int = 16  # video models: frames per second of the written MP4 / WebP
+    temporal_sigma: float = 0.0  # video models: SEG blur σ along time (0: none; inf: the mean over frames)
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -68,6 +71,7 @@ class GenerationSettings:
     def to_json(self) -> dict[str, Any]:
         record = dataclasses.asdict(self)
         record["blur_sigma"] = _float_to_json(self.blur_sigma)
+        record["temporal_sigma"] = _float_to_json(self.temporal_sigma)
         record["layers"] = list(self.layers)
         record["loras"] = [list(item) for item in self.loras]
         return record
@@ -81,6 +85,8 @@ class GenerationSettings:
         values = dict(record)
         if "blur_sigma" in values:
             values["blur_sigma"] = parse_sigma(values["blur_sigma"])
+        if "temporal_sigma" in values:
+            values["temporal_sigma"] = parse_temporal_sigma(values["temporal_sigma"])
         if isinstance(values.get("layers"), str):
             values["layers"] = parse_layers(values["layers"])
         return cls(**values)
@@ -88,9 +94,18 @@ class GenerationSettings:
 
 _TEXT_FIELDS = ("prompt", "negative_prompt", "model", "scheduler", "dtype")
 _OPTIONAL_TEXT_FIELDS = ("controlnet", "control_image", "init_image", "mask")
-_INT_FIELDS = ("steps", "seed", "num_images")
-_OPTIONAL_INT_FIELDS = ("width", "height")
-_NUMBER_FIELDS = ("cfg", "seg_scale", "blur_sigma", "seg_start", "seg_end", "controlnet_scale", "strength")
+_INT_FIELDS = ("steps", "seed", "num_images", "fps")
+_OPTIONAL_INT_FIELDS = ("width", "height", "frames")
+_NUMBER_FIELDS = (
+    "cfg",
+    "seg_scale",
+    "blur_sigma",
+    "seg_start",
+    "seg_end",
+    "controlnet_scale",
+    "strength",
+    "temporal_sigma",
+)
 
 
 def _is_int(value: Any) -> bool:
@@ -151,6 +166,12 @@ def check_field_values(settings: GenerationSettings) -> None:
         (
             all(side is None or side > 0 for side in (settings.width, settings.height)),
             f"width and height must be positive, got {settings.width}x{settings.height}",
+        ),
+        (settings.frames is None or settings.frames > 0, f"frames must be positive, got {settings.frames}"),
+        (settings.fps > 0, f"fps must be positive, got {settings.fps}"),
+        (
+            not math.isnan(settings.temporal_sigma) and settings.temporal_sigma >= 0,
+            f"temporal-sigma must be >= 0 (0: no blur along time) or inf, got {settings.temporal_sigma}",
         ),
     ]
     for ok, message in checks:
@@ -234,3 +255,12 @@ def coerce_overrides(values: dict[str, Any]) -> dict[str, Any]:
         except ValueError as error:
             raise ValueError(f"Bad value for {key}: {value!r} ({error}).") from None
     return result
+
+
+def parse_temporal_sigma(value: str | float) -> float:
+    """σ along time from text: 0 (no temporal blur), a positive number or ``inf``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    if isinstance(value, str) and value.strip() in ("0", "0.0"):
+        return 0.0
+    return parse_sigma(value)

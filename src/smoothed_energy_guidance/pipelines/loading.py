@@ -67,6 +67,8 @@ FAMILY_TASKS: dict[str, dict[str, type]] = {
     "pixart-sigma": {"text2img": dit.PixArtSigmaSEGPipeline},
     "hunyuandit": {"text2img": dit.HunyuanDiTSEGPipeline},
     "sana": {"text2img": dit.SanaSEGPipeline},
+    "wan": {"text2img": dit.WanSEGPipeline},  # text-to-video
+    "wan-i2v": {"img2img": dit.WanSEGImageToVideoPipeline},  # image-to-video: --init-image is the first frame
 }
 TASK_CLASSES = FAMILY_TASKS["sdxl"]
 # single-file key markers, checked in this order
@@ -94,6 +96,8 @@ _CLASS_PREFIXES = (
     ("HunyuanDiT", "hunyuandit"),
     ("SanaSprint", None),
     ("Sana", "sana"),
+    ("WanImageToVideo", "wan-i2v"),
+    ("WanPipeline", "wan"),
 )
 
 

@@ -1,0 +1,75 @@
+"""Videos with their settings: an H.264 MP4 (PyAV) and an animated WebP preview, each carrying the
+same JSON record as a PNG's ``seg-settings`` chunk (MP4: the container's ``comment`` tag; WebP: XMP)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from .. import __version__
+from .metadata import write_atomically
+from .settings import GenerationSettings
+
+VIDEO_SUFFIXES = (".mp4", ".webp")
+
+
+def _record(settings: GenerationSettings) -> str:
+    return json.dumps({"version": __version__, "settings": settings.to_json()}, sort_keys=True)
+
+
+def _write_mp4(frames: list[Image.Image], path: Path, fps: int, comment: str) -> None:
+    try:
+        import av
+    except ImportError:
+        raise RuntimeError(
+            "Writing MP4 needs PyAV: pip install 'smoothed-energy-guidance[video]' (or pip install av)."
+        ) from None
+    # H.264 in yuv420p needs even sides; a video model's sides are multiples of its patch grid anyway
+    width, height = frames[0].size[0] // 2 * 2, frames[0].size[1] // 2 * 2
+    with av.open(str(path), mode="w", format="mp4") as container:
+        container.metadata["comment"] = comment
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for frame in frames:
+            picture = frame.convert("RGB").crop((0, 0, width, height))
+            container.mux(stream.encode(av.VideoFrame.from_image(picture)))
+        container.mux(stream.encode())
+
+
+def save_video(frames: list[Image.Image], path: Path, settings: GenerationSettings) -> list[Path]:
+    """Write ``path`` (MP4) and an animated WebP preview beside it, atomically; returns both paths."""
+    comment = _record(settings)
+    preview = path.with_suffix(".webp")
+    write_atomically(path, lambda temp: _write_mp4(frames, temp, settings.fps, comment))
+    write_atomically(
+        preview,
+        lambda temp: frames[0].save(
+            temp,
+            format="WEBP",
+            save_all=True,
+            append_images=frames[1:],
+            duration=round(1000 / settings.fps),
+            loop=0,
+            xmp=comment.encode("utf-8"),
+        ),
+    )
+    return [path, preview]
+
+
+def read_video_record(path: Path) -> str | None:
+    """The JSON record text of an MP4 or WebP written by ``seg`` (None when it has none)."""
+    if path.suffix.lower() == ".webp":
+        with Image.open(path) as image:
+            xmp = image.info.get("xmp")
+        return xmp.decode("utf-8", "replace") if isinstance(xmp, bytes) else xmp
+    try:
+        import av
+    except ImportError:
+        raise RuntimeError("Reading MP4 settings needs PyAV: pip install av.") from None
+    try:
+        with av.open(str(path)) as container:
+            return container.metadata.get("comment")
+    except av.error.FFmpegError as error:
+        raise ValueError(f"Cannot read video {path}: {error}.") from None

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 from reference_dit import reference_seg_transformer
+from test_guider_families import qwen_image_transformer
 
 import smoothed_energy_guidance as seg
 from conftest import MIN_EFFECT, TOLERANCE, make_pipe, no_hooks_left
@@ -64,7 +65,7 @@ def check(ours, host, names, call, sigma, cfg, token_dim, true_cfg_scale=None, g
 
 # Qwen-Image ------------------------------------------------------------------------------------------
 def qwen_parts():
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler
 
     torch.manual_seed(0)
     vae = AutoencoderKLQwenImage(
@@ -76,22 +77,12 @@ def qwen_parts():
         latents_mean=[0.0] * 4,
         latents_std=[1.0] * 4,
     )
-    transformer = QwenImageTransformer2DModel(
-        patch_size=2,
-        in_channels=16,
-        out_channels=4,
-        num_layers=3,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=16,
-        axes_dims_rope=(2, 2, 4),
-    )
     return dict(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=vae.eval(),
         text_encoder=None,
         tokenizer=None,
-        transformer=sharp(transformer),
+        transformer=qwen_image_transformer(),
     )
 
 

@@ -21,6 +21,7 @@ from smoothed_energy_guidance.pipelines.tiny import (
     _tiny_vae,
     sharpen_transformer,
     tiny_flux_components,
+    tiny_flux_transformer,
     tiny_t5_encoder,
     tiny_t5_tokenizer,
 )
@@ -35,30 +36,9 @@ def picture(seed: int, mode: str = "RGB") -> Image.Image:
     return Image.effect_noise((WIDTH, HEIGHT), 60 + seed).convert(mode)
 
 
-def _flux_transformer(in_channels: int, guidance: bool):
-    from diffusers import FluxTransformer2DModel
-
-    torch.manual_seed(0)
-    model = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=in_channels,
-        out_channels=16,
-        num_layers=1,
-        num_single_layers=2,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=(4, 2, 2),
-        guidance_embeds=guidance,
-    )
-    sharpen_transformer(model, 4.0)
-    return model.eval()
-
-
 def flux_parts(in_channels: int = 16, guidance: bool = False):
     parts = tiny_flux_components(seed=0)
-    parts["transformer"] = _flux_transformer(in_channels, guidance)
+    parts["transformer"] = tiny_flux_transformer(0, 4.0, in_channels, guidance)
     return parts
 
 

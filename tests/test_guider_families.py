@@ -27,11 +27,12 @@ def sharpen(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-def qwen_image():
+def qwen_image_transformer():
+    """A three-block Qwen-Image transformer over 2 × 2 patches of 4-channel latents, peaked attention."""
     from diffusers import QwenImageTransformer2DModel
 
     torch.manual_seed(0)
-    model = sharpen(
+    return sharpen(
         QwenImageTransformer2DModel(
             patch_size=2,
             in_channels=16,
@@ -43,6 +44,10 @@ def qwen_image():
             axes_dims_rope=(2, 2, 4),
         )
     )
+
+
+def qwen_image():
+    model = qwen_image_transformer()
     g = torch.Generator().manual_seed(1)
     tokens = GRID[0] * GRID[1]
 

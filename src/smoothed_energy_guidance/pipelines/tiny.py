@@ -303,14 +303,16 @@ def tiny_sd3_components(seed: int = 0, sharpen: float = 4.0, qk_norm: str | None
     }
 
 
-def tiny_flux_components(seed: int = 0, sharpen: float = 4.0) -> dict[str, Any]:
-    """A Flux.1-layout pipeline: one double-stream and two single-stream blocks."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+def tiny_flux_transformer(
+    seed: int = 0, sharpen: float = 4.0, in_channels: int = 16, guidance_embeds: bool = False
+) -> torch.nn.Module:
+    """A Flux.1-layout transformer: one double-stream and two single-stream blocks (Fill: 48 input channels)."""
+    from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
         patch_size=1,
-        in_channels=16,
+        in_channels=in_channels,
         out_channels=16,
         num_layers=1,
         num_single_layers=2,
@@ -319,12 +321,19 @@ def tiny_flux_components(seed: int = 0, sharpen: float = 4.0) -> dict[str, Any]:
         joint_attention_dim=32,
         pooled_projection_dim=32,
         axes_dims_rope=(4, 2, 2),
-        guidance_embeds=False,
+        guidance_embeds=guidance_embeds,
     )
     sharpen_transformer(transformer, sharpen)
+    return transformer.eval()
+
+
+def tiny_flux_components(seed: int = 0, sharpen: float = 4.0) -> dict[str, Any]:
+    """A Flux.1-layout pipeline: one double-stream and two single-stream blocks."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
     tokenizer_2 = tiny_t5_tokenizer()
     return {
-        "transformer": transformer.eval(),
+        "transformer": tiny_flux_transformer(seed, sharpen),
         "vae": _tiny_vae(shift_factor=0.1),
         "text_encoder": CLIPTextModel(_text_config(514, 32)).eval(),
         "text_encoder_2": tiny_t5_encoder(len(tokenizer_2)),

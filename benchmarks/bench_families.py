@@ -2,11 +2,11 @@
 
 Each family's denoiser at a small but compute-bound size (hidden width 256, 8 blocks, a 32 × 32 token
 grid, random weights, fp32, CPU), driven as its pipeline drives it: batched CFG (one call of two rows)
-for PixArt-Σ, HunyuanDiT, Sana and SD3; CFG as a second call for Chroma, Qwen-Image and Flux Kontext
-(whose sequence also holds a 32 × 32 reference image). SEG runs on the family's default layer (its
-middle block). The FLOP-model limit is 1 + share / 2, where share is the part of one pass's FLOPs
-from the fork on (torch flop counter); families whose perturbed rows join at the input (PixArt, Sana,
-SD3 with ControlNet residuals) repeat the whole pass: 1.5.
+for PixArt-Σ, HunyuanDiT, Sana and SD3; CFG as a second call for Chroma, Qwen-Image, Flux Kontext (whose
+sequence also holds a 32 × 32 reference image) and Wan (video: 4 latent frames of 16 × 16 tokens). SEG
+runs on the family's default layer (its middle block). The FLOP-model limit is 1 + share / 2, where
+share is the part of one pass's FLOPs from the fork on (torch flop counter); families whose perturbed
+rows join at the input (PixArt, Sana, Wan, SD3 with ControlNet residuals) repeat the whole pass: 1.5.
 
     python benchmarks/bench_families.py --rounds 7 --write
 """
@@ -249,6 +249,32 @@ def qwen_image():
     return model, inputs, False
 
 
+def wan():
+    from diffusers import WanTransformer3DModel
+
+    model = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=HEADS,
+        attention_head_dim=WIDTH // HEADS,
+        in_channels=16,
+        out_channels=16,
+        text_dim=128,
+        freq_dim=64,
+        ffn_dim=4 * WIDTH,
+        num_layers=BLOCKS,
+        rope_max_seq_len=64,
+    )
+
+    def inputs(rows):  # 4 latent frames of 16 × 16 tokens: the same 1024 tokens as the image rows
+        return dict(
+            hidden_states=torch.randn(rows, 16, 4, SIDE, SIDE),
+            encoder_hidden_states=torch.randn(rows, TEXT, 128),
+            timestep=torch.full((rows,), 500.0),
+        )
+
+    return model, inputs, False
+
+
 FAMILIES: dict[str, Callable] = {
     "PixArt-Σ": pixart,
     "HunyuanDiT": hunyuan,
@@ -257,6 +283,7 @@ FAMILIES: dict[str, Callable] = {
     "Chroma": chroma,
     "Qwen-Image": qwen_image,
     "Flux Kontext": flux_kontext,
+    "Wan 2.x (video, 4 × 16 × 16 tokens)": wan,
 }
 
 

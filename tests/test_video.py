@@ -139,3 +139,86 @@ def test_hooks_are_gone_after_an_exception():
     with pytest.raises(RuntimeError, match="interrupted by the user"):
         ours(**CALL, **embeddings(), output_type="latent", callback_on_step_end=interrupt, seg_temporal_sigma=1.0)
     assert no_hooks_left(ours.transformer)
+
+
+def cogvideox_parts():
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+
+    torch.manual_seed(0)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=8,
+        text_embed_dim=16,
+        num_layers=3,
+        sample_width=12,
+        sample_height=8,
+        sample_frames=9,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=5,
+    )
+    with torch.no_grad():
+        for name, module in transformer.named_modules():
+            if name.endswith(".attn1"):
+                module.to_q.weight.mul_(4.0)
+                module.to_k.weight.mul_(4.0)
+    vae = AutoencoderKLCogVideoX(
+        down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8,) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
+    )
+    return dict(
+        tokenizer=None,
+        text_encoder=None,
+        vae=vae.eval(),
+        transformer=transformer.eval(),
+        scheduler=CogVideoXDDIMScheduler(),
+    )
+
+
+@pytest.mark.parametrize("sigma, temporal_sigma", [(1.0, 0.0), (2.0, 1.0), (math.inf, math.inf)])
+@pytest.mark.parametrize("cfg", [True, False], ids=["cfg", "no-cfg"])
+def test_cogvideox_matches_the_dense_video_reference(sigma, temporal_sigma, cfg):
+    """Joint attention over [text, video]: only the video tokens' queries are blurred, over (t, h, w)."""
+    from diffusers import CogVideoXPipeline
+
+    parts = cogvideox_parts()
+    ours, host = make_pipe(seg.CogVideoXSEGPipeline, parts), make_pipe(CogVideoXPipeline, parts)
+    call = dict(CALL, **embeddings(), guidance_scale=4.0 if cfg else 1.0, max_sequence_length=5)
+
+    def fresh():
+        return dict(call, generator=torch.Generator().manual_seed(0), output_type="latent")
+
+    result = ours(**fresh(), seg_scale=3.0, seg_blur_sigma=sigma, seg_temporal_sigma=temporal_sigma).frames
+    names = ["transformer_blocks.1.attn1"]
+    with reference_seg_transformer(
+        host.transformer,
+        names,
+        GRID,
+        sigma,
+        3.0,
+        cfg,
+        4.0,
+        text_tokens={names[0]: 5},
+        token_dim=2,
+        temporal_sigma=temporal_sigma,
+    ):
+        reference = host(**fresh()).frames
+    plain = host(**fresh()).frames
+    assert (result - reference).abs().max() <= TOLERANCE
+    assert (plain - reference).abs().max() > MIN_EFFECT
+    assert torch.equal(ours(**fresh(), seg_scale=0.0).frames, plain)
+    assert no_hooks_left(ours.transformer)
+
+
+def test_cogvideox_dynamic_cfg_is_refused_with_the_fix():
+    ours = make_pipe(seg.CogVideoXSEGPipeline, cogvideox_parts())
+    with pytest.raises(ValueError, match="use_dynamic_cfg=False"):
+        ours(**CALL, **embeddings(), use_dynamic_cfg=True, output_type="latent")

@@ -24,6 +24,8 @@ _EXPORTS = {
     "from_pipe": "pipelines",
     "SmoothedEnergyGuidance": "pipelines",
     "StableDiffusionSEGPipeline": "pipelines",
+    "CogVideoXSEGPipeline": "pipelines",
+    "CogVideoXSEGImageToVideoPipeline": "pipelines",
     "WanSEGPipeline": "pipelines",
     "WanSEGImageToVideoPipeline": "pipelines",
     "StableDiffusion3ControlNetSEGPipeline": "pipelines",

@@ -3,6 +3,8 @@
 from .dit import (
     ChromaSEGImg2ImgPipeline,
     ChromaSEGPipeline,
+    CogVideoXSEGImageToVideoPipeline,
+    CogVideoXSEGPipeline,
     FluxFillSEGPipeline,
     FluxKontextSEGPipeline,
     FluxSEGImg2ImgPipeline,
@@ -62,6 +64,8 @@ from .sdxl import (
 )
 
 __all__ = [
+    "CogVideoXSEGPipeline",
+    "CogVideoXSEGImageToVideoPipeline",
     "WanSEGPipeline",
     "WanSEGImageToVideoPipeline",
     "StableDiffusion3ControlNetSEGPipeline",

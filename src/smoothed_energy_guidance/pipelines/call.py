@@ -102,6 +102,11 @@ class SegCallMixin:
         seg_temporal_sigma: float = 0.0,
         **kwargs: Any,
     ) -> Any:
+        if kwargs.get("use_dynamic_cfg") and seg_scale != 0:
+            raise ValueError(
+                "use_dynamic_cfg changes the CFG scale after each denoiser call, so SEG cannot combine with it "
+                "exactly; pass use_dynamic_cfg=False (or seg_scale=0)."
+            )
         layers = seg_applied_layers_index if seg_applied_layers_index is not None else seg_applied_layers
         true_cfg = self._true_cfg_scale(kwargs)
         with enable_seg(

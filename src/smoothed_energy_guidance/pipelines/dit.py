@@ -12,6 +12,8 @@ from __future__ import annotations
 from diffusers import (
     ChromaImg2ImgPipeline,
     ChromaPipeline,
+    CogVideoXImageToVideoPipeline,
+    CogVideoXPipeline,
     FluxFillPipeline,
     FluxImg2ImgPipeline,
     FluxKontextPipeline,
@@ -119,3 +121,15 @@ class WanSEGImageToVideoPipeline(SegCallMixin, WanImageToVideoPipeline):
 
     true_cfg_argument = "guidance_scale"
     true_cfg_needs_negative = False
+
+
+class CogVideoXSEGPipeline(SegCallMixin, CogVideoXPipeline):
+    """CogVideoX text-to-video with SEG over the (t, h, w) token grid; text tokens stay unblurred.
+
+    ``use_dynamic_cfg`` is refused while SEG is on: the pipeline sets each step's CFG scale only after
+    the denoiser call, so SEG could not combine with it exactly.
+    """
+
+
+class CogVideoXSEGImageToVideoPipeline(SegCallMixin, CogVideoXImageToVideoPipeline):
+    """CogVideoX image-to-video with SEG (``use_dynamic_cfg`` refused while SEG is on)."""

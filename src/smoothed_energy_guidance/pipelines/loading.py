@@ -69,6 +69,8 @@ FAMILY_TASKS: dict[str, dict[str, type]] = {
     "sana": {"text2img": dit.SanaSEGPipeline},
     "wan": {"text2img": dit.WanSEGPipeline},  # text-to-video
     "wan-i2v": {"img2img": dit.WanSEGImageToVideoPipeline},  # image-to-video: --init-image is the first frame
+    "cogvideox": {"text2img": dit.CogVideoXSEGPipeline},
+    "cogvideox-i2v": {"img2img": dit.CogVideoXSEGImageToVideoPipeline},
 }
 TASK_CLASSES = FAMILY_TASKS["sdxl"]
 # single-file key markers, checked in this order
@@ -98,6 +100,8 @@ _CLASS_PREFIXES = (
     ("Sana", "sana"),
     ("WanImageToVideo", "wan-i2v"),
     ("WanPipeline", "wan"),
+    ("CogVideoXImageToVideo", "cogvideox-i2v"),
+    ("CogVideoXPipeline", "cogvideox"),
 )
 
 

@@ -326,6 +326,30 @@ WAN = TransformerFamily(
     shares_prefix=False,
     separate_cfg=True,
 )
+
+
+def _cogvideox_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
+    """Latents (B, F, C, H, W); frames grouped by ``patch_size_t`` (CogVideoX 1.5, padded up), text first."""
+    latents = args[0] if args else kwargs["hidden_states"]
+    patch, frame_patch = model.config.patch_size, model.config.patch_size_t or 1
+    grid = (math.ceil(latents.shape[1] / frame_patch), latents.shape[3] // patch, latents.shape[4] // patch)
+    text = kwargs["encoder_hidden_states"].shape[1]
+    return DenoiserInputs(latents.shape[0], grid, kwargs.get("timestep"), text_tokens=text)
+
+
+# CogVideoX: joint attention ``attn1`` over [text, video] with per-head query norm (B, heads, N, head_dim);
+# its unpatchify reshapes by the input batch size, so the perturbed rows join at the input.
+COGVIDEOX = TransformerFamily(
+    "CogVideoX",
+    "CogVideoXTransformer3D",
+    (("blocks", "transformer_blocks"),),
+    2,
+    _cogvideox_inputs,
+    frozenset({"image_rotary_emb"}),
+    image_tail_stacks=frozenset({"blocks"}),
+    attention_names=("attn1",),
+    shares_prefix=False,
+)
 #: Every transformer family SEG knows, found by the denoiser's class name.
 TRANSFORMER_FAMILIES = (
     SD3,
@@ -343,6 +367,7 @@ TRANSFORMER_FAMILIES = (
     HUNYUAN_DIT,
     SANA,
     WAN,
+    COGVIDEOX,
 )
 
 

@@ -49,3 +49,26 @@ def test_seg_generate_writes_an_mp4_and_webp_with_settings(tmp_path):
     assert again.returncode == 0, again.stderr
     with av.open(again.stdout.split()[0]) as container:
         assert json.loads(container.metadata["comment"])["settings"] == settings
+
+    sweep = seg(
+        "sweep",
+        "--model",
+        model,
+        "--prompt",
+        "a cube",
+        "--steps",
+        "1",
+        "--width",
+        "96",
+        "--height",
+        "64",
+        "--x",
+        "blur-sigma=1,2",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        tmp_path / "sweep",
+    )
+    assert sweep.returncode != 0
+    assert "is a video model: `seg generate` writes its videos" in sweep.stderr

@@ -67,12 +67,22 @@ class PipelineCache:
         pipe.set_progress_bar_config(disable=not self.progress, leave=False, desc="steps")
         return pipe
 
-    def render(self, settings: GenerationSettings) -> Image.Image | list[Image.Image]:
+    def render_any(self, settings: GenerationSettings) -> Image.Image | list[Image.Image]:
         """One image for ``settings`` (its seed, one image per call); a video model's frames as a list."""
         pipe = self.pipeline(settings)
         output = pipe(**call_arguments(settings, pipe))
         frames = getattr(output, "frames", None)
         return list(frames[0]) if frames is not None else output.images[0]
+
+    def render(self, settings: GenerationSettings) -> Image.Image:
+        """One image for ``settings``; video models are refused (only ``seg generate`` writes videos)."""
+        result = self.render_any(settings)
+        if isinstance(result, list):
+            raise ValueError(
+                f"{settings.model} is a video model: `seg generate` writes its videos (MP4 + WebP); batch, sweep, "
+                "demo and the UI handle image models only for now."
+            )
+        return result
 
 
 def default_size(pipe: Any) -> tuple[int, int]:
@@ -142,8 +152,10 @@ def call_arguments(settings: GenerationSettings, pipe: Any) -> dict[str, Any]:
     return call
 
 
-def generate(cache: PipelineCache, settings: GenerationSettings) -> Iterator[tuple[Image.Image, GenerationSettings]]:
-    """Yield each image with the settings that reproduce it alone (its own seed, one image)."""
+def generate(
+    cache: PipelineCache, settings: GenerationSettings
+) -> Iterator[tuple[Image.Image | list[Image.Image], GenerationSettings]]:
+    """Yield each image (a video model: its frames) with the settings that reproduce it alone (its own seed)."""
     for index in range(settings.num_images):
         single = settings.replace(seed=settings.seed + index, num_images=1)
-        yield cache.render(single), single
+        yield cache.render_any(single), single

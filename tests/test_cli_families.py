@@ -27,6 +27,10 @@ CLASS_NAMES = {
     "HunyuanDiTPipeline": ("hunyuandit", "HunyuanDiTSEGPipeline"),
     "SanaPipeline": ("sana", "SanaSEGPipeline"),
     "StableDiffusion3ControlNetPipeline": ("sd3", "StableDiffusion3SEGPipeline"),
+    "WanPipeline": ("wan", "WanSEGPipeline"),
+    "WanImageToVideoPipeline": ("wan-i2v", "WanSEGImageToVideoPipeline"),
+    "CogVideoXPipeline": ("cogvideox", "CogVideoXSEGPipeline"),
+    "CogVideoXImageToVideoPipeline": ("cogvideox-i2v", "CogVideoXSEGImageToVideoPipeline"),
 }
 
 
@@ -40,7 +44,7 @@ def test_family_is_read_from_the_pipeline_folder(tmp_path, class_name):
     assert FAMILY_TASKS[family][base_task(family)].__name__ == seg_class
 
 
-@pytest.mark.parametrize("class_name", ["Flux2Pipeline", "SanaSprintPipeline", "WanPipeline"])
+@pytest.mark.parametrize("class_name", ["Flux2Pipeline", "SanaSprintPipeline", "LTXPipeline", "WanVACEPipeline"])
 def test_families_seg_does_not_run_are_refused_by_name(tmp_path, class_name):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
     with pytest.raises(ValueError, match=f"holds a {class_name} pipeline"):

@@ -24,6 +24,7 @@ SEG_ARGUMENTS = [
     "seg_applied_layers_index",
     "seg_guidance_start",
     "seg_guidance_end",
+    "seg_temporal_sigma",
 ]
 
 

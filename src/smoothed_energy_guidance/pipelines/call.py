@@ -38,8 +38,8 @@ _SEG_PARAMETERS = [
         "seg_applied_layers_index", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="Sequence[str] | None"
     ),
     inspect.Parameter("seg_guidance_start", inspect.Parameter.KEYWORD_ONLY, default=0.0, annotation="float"),
-    inspect.Parameter("seg_temporal_sigma", inspect.Parameter.KEYWORD_ONLY, default=0.0, annotation="float"),
     inspect.Parameter("seg_guidance_end", inspect.Parameter.KEYWORD_ONLY, default=1.0, annotation="float"),
+    inspect.Parameter("seg_temporal_sigma", inspect.Parameter.KEYWORD_ONLY, default=0.0, annotation="float"),
 ]
 SEG_PARAMETER_NAMES = tuple(parameter.name for parameter in _SEG_PARAMETERS)
 

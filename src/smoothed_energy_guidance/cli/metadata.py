@@ -7,7 +7,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
@@ -94,11 +94,11 @@ def save_png(image: Image.Image, path: Path, settings: GenerationSettings, extra
     return path
 
 
-def read_png_settings(path: str | Path) -> tuple[str | None, dict | None]:
+def read_png_settings(path: str | Path | BinaryIO) -> tuple[str | None, dict | None]:
     """The ``parameters`` text and the JSON record of a PNG (either may be None); for an MP4 or WebP
     written by ``seg``, its JSON record."""
     try:
-        if Path(path).suffix.lower() in (".mp4", ".webp"):
+        if isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in (".mp4", ".webp"):
             from .video import read_video_record
 
             text = {JSON_KEY: read_video_record(Path(path))}

@@ -373,7 +373,9 @@ def main() -> None:
         print(lines[-1], flush=True)
     notes = [
         "",
-        "- CFG again: the CFG step timed a second time in the same rounds, the noise floor of this harness.",
+        "- CFG again: the CFG step timed a second time in the same rounds, the noise floor of this harness. "
+        "On this shared 2-core machine single rows move by up to about 0.4× between runs (Sana measured "
+        "1.43×, 1.90× and 1.55× in three runs); read each ratio against its CFG-again column.",
         f"- {args.rounds} interleaved rounds after one warm-up per family; CPU: "
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}.",
         "- Kolors runs the SDXL UNet, whose rows are in RESULTS.md.",

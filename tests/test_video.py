@@ -16,6 +16,7 @@ from reference_dit import reference_seg_transformer
 import smoothed_energy_guidance as seg
 from conftest import MIN_EFFECT, TOLERANCE, make_pipe, no_hooks_left
 from smoothed_energy_guidance.blur import blur_queries
+from smoothed_energy_guidance.pipelines.tiny import sharpen_transformer
 
 # 9 frames → 3 latent frames (4× temporal VAE); 64 × 96 pixels → 8 × 12 latents → 4 × 6 tokens (2 × 2 patches)
 GRID = (3, 4, 6)
@@ -47,11 +48,8 @@ def wan_parts(text_dim: int = 16):
         num_layers=3,
         rope_max_seq_len=32,
     )
+    sharpen_transformer(transformer, 4.0)
     with torch.no_grad():
-        for name, module in transformer.named_modules():
-            if name.endswith(".attn1"):
-                module.to_q.weight.mul_(4.0)
-                module.to_k.weight.mul_(4.0)
         transformer.proj_out.weight.normal_(0.0, 0.2)  # zero-initialised: the output must depend on the blocks
     return dict(
         tokenizer=None,
@@ -160,11 +158,7 @@ def cogvideox_parts():
         temporal_compression_ratio=4,
         max_text_seq_length=5,
     )
-    with torch.no_grad():
-        for name, module in transformer.named_modules():
-            if name.endswith(".attn1"):
-                module.to_q.weight.mul_(4.0)
-                module.to_k.weight.mul_(4.0)
+    sharpen_transformer(transformer, 4.0)
     vae = AutoencoderKLCogVideoX(
         down_block_types=("CogVideoXDownBlock3D",) * 4,
         up_block_types=("CogVideoXUpBlock3D",) * 4,

@@ -31,6 +31,7 @@ CLASS_NAMES = {
     "WanImageToVideoPipeline": ("wan-i2v", "WanSEGImageToVideoPipeline"),
     "CogVideoXPipeline": ("cogvideox", "CogVideoXSEGPipeline"),
     "CogVideoXImageToVideoPipeline": ("cogvideox-i2v", "CogVideoXSEGImageToVideoPipeline"),
+    "LTXPipeline": ("ltx-video", "LTXSEGPipeline"),
 }
 
 
@@ -44,7 +45,9 @@ def test_family_is_read_from_the_pipeline_folder(tmp_path, class_name):
     assert FAMILY_TASKS[family][base_task(family)].__name__ == seg_class
 
 
-@pytest.mark.parametrize("class_name", ["Flux2Pipeline", "SanaSprintPipeline", "LTXPipeline", "WanVACEPipeline"])
+@pytest.mark.parametrize(
+    "class_name", ["Flux2Pipeline", "SanaSprintPipeline", "LTXConditionPipeline", "WanVACEPipeline"]
+)
 def test_families_seg_does_not_run_are_refused_by_name(tmp_path, class_name):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
     with pytest.raises(ValueError, match=f"holds a {class_name} pipeline"):

@@ -216,3 +216,68 @@ def test_cogvideox_dynamic_cfg_is_refused_with_the_fix():
     ours = make_pipe(seg.CogVideoXSEGPipeline, cogvideox_parts())
     with pytest.raises(ValueError, match="use_dynamic_cfg=False"):
         ours(**CALL, **embeddings(), use_dynamic_cfg=True, output_type="latent")
+
+
+def ltx_parts():
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
+
+    torch.manual_seed(0)
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8,
+        out_channels=8,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        cross_attention_dim=16,
+        num_layers=3,
+        caption_channels=16,
+    )
+    sharpen_transformer(transformer, 4.0)
+    vae = AutoencoderKLLTXVideo(  # 4× in space and time, no patching: one token per latent position
+        latent_channels=8,
+        block_out_channels=(8,) * 4,
+        decoder_block_out_channels=(8,) * 4,
+        layers_per_block=(1,) * 5,
+        decoder_layers_per_block=(1,) * 5,
+        spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False),
+        decoder_inject_noise=(False,) * 5,
+        upsample_residual=(False,) * 4,
+        upsample_factor=(1,) * 4,
+        patch_size=1,
+        patch_size_t=1,
+    )
+    return dict(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae.eval(),
+        text_encoder=None,
+        tokenizer=None,
+        transformer=transformer.eval(),
+    )
+
+
+@pytest.mark.parametrize("sigma, temporal_sigma", [(2.0, 1.0), (math.inf, 0.0)])
+@pytest.mark.parametrize("cfg", [True, False], ids=["cfg", "no-cfg"])
+def test_ltx_video_matches_the_dense_video_reference(sigma, temporal_sigma, cfg):
+    """LTX-Video packs tokens itself and tells the transformer the latent grid: (3, 16, 24) here."""
+    from diffusers import LTXPipeline
+
+    parts = ltx_parts()
+    ours, host = make_pipe(seg.LTXSEGPipeline, parts), make_pipe(LTXPipeline, parts)
+    masks = dict(prompt_attention_mask=torch.ones(1, 5), negative_prompt_attention_mask=torch.ones(1, 5))
+    call = dict(embeddings(), **masks, height=64, width=96, num_frames=9, num_inference_steps=2)
+    call.update(guidance_scale=4.0 if cfg else 1.0, max_sequence_length=5)
+
+    def fresh():
+        return dict(call, generator=torch.Generator().manual_seed(0), output_type="latent")
+
+    result = ours(**fresh(), seg_scale=3.0, seg_blur_sigma=sigma, seg_temporal_sigma=temporal_sigma).frames
+    names = ["transformer_blocks.1.attn1"]
+    with reference_seg_transformer(
+        host.transformer, names, (3, 16, 24), sigma, 3.0, cfg, 4.0, token_dim=1, temporal_sigma=temporal_sigma
+    ):
+        reference = host(**fresh()).frames
+    plain = host(**fresh()).frames
+    assert (result - reference).abs().max() <= TOLERANCE
+    assert (plain - reference).abs().max() > MIN_EFFECT
+    assert torch.equal(ours(**fresh(), seg_scale=0.0).frames, plain)
+    assert no_hooks_left(ours.transformer)

@@ -24,6 +24,8 @@ _EXPORTS = {
     "from_pipe": "pipelines",
     "SmoothedEnergyGuidance": "pipelines",
     "StableDiffusionSEGPipeline": "pipelines",
+    "LTXSEGPipeline": "pipelines",
+    "LTXSEGImageToVideoPipeline": "pipelines",
     "CogVideoXSEGPipeline": "pipelines",
     "CogVideoXSEGImageToVideoPipeline": "pipelines",
     "WanSEGPipeline": "pipelines",

@@ -10,6 +10,8 @@ from .dit import (
     FluxSEGImg2ImgPipeline,
     FluxSEGPipeline,
     HunyuanDiTSEGPipeline,
+    LTXSEGImageToVideoPipeline,
+    LTXSEGPipeline,
     PixArtAlphaSEGPipeline,
     PixArtSigmaSEGPipeline,
     QwenImageEditSEGPipeline,
@@ -64,6 +66,8 @@ from .sdxl import (
 )
 
 __all__ = [
+    "LTXSEGPipeline",
+    "LTXSEGImageToVideoPipeline",
     "CogVideoXSEGPipeline",
     "CogVideoXSEGImageToVideoPipeline",
     "WanSEGPipeline",

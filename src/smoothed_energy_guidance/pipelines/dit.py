@@ -19,6 +19,8 @@ from diffusers import (
     FluxKontextPipeline,
     FluxPipeline,
     HunyuanDiTPipeline,
+    LTXImageToVideoPipeline,
+    LTXPipeline,
     PixArtAlphaPipeline,
     PixArtSigmaPipeline,
     QwenImageEditPipeline,
@@ -133,3 +135,11 @@ class CogVideoXSEGPipeline(SegCallMixin, CogVideoXPipeline):
 
 class CogVideoXSEGImageToVideoPipeline(SegCallMixin, CogVideoXImageToVideoPipeline):
     """CogVideoX image-to-video with SEG (``use_dynamic_cfg`` refused while SEG is on)."""
+
+
+class LTXSEGPipeline(SegCallMixin, LTXPipeline):
+    """LTX-Video text-to-video with SEG over the (t, h, w) token grid."""
+
+
+class LTXSEGImageToVideoPipeline(SegCallMixin, LTXImageToVideoPipeline):
+    """LTX-Video image-to-video with SEG over the (t, h, w) token grid."""

@@ -71,6 +71,7 @@ FAMILY_TASKS: dict[str, dict[str, type]] = {
     "wan-i2v": {"img2img": dit.WanSEGImageToVideoPipeline},  # image-to-video: --init-image is the first frame
     "cogvideox": {"text2img": dit.CogVideoXSEGPipeline},
     "cogvideox-i2v": {"img2img": dit.CogVideoXSEGImageToVideoPipeline},
+    "ltx-video": {"text2img": dit.LTXSEGPipeline, "img2img": dit.LTXSEGImageToVideoPipeline},
 }
 TASK_CLASSES = FAMILY_TASKS["sdxl"]
 # single-file key markers, checked in this order
@@ -102,6 +103,8 @@ _CLASS_PREFIXES = (
     ("WanPipeline", "wan"),
     ("CogVideoXImageToVideo", "cogvideox-i2v"),
     ("CogVideoXPipeline", "cogvideox"),
+    ("LTXImageToVideo", "ltx-video"),
+    ("LTXPipeline", "ltx-video"),
 )
 
 

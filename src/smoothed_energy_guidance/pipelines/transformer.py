@@ -350,6 +350,32 @@ COGVIDEOX = TransformerFamily(
     attention_names=("attn1",),
     shares_prefix=False,
 )
+
+
+def _ltx_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
+    """Packed video tokens; the pipeline passes the latent grid as ``num_frames``, ``height``, ``width``."""
+    tokens = args[0] if args else kwargs["hidden_states"]
+    grid = (int(kwargs["num_frames"]), int(kwargs["height"]), int(kwargs["width"]))
+    if math.prod(grid) != tokens.shape[1]:
+        raise ValueError(
+            f"LTX-Video call with a {'x'.join(map(str, grid))} latent grid but {tokens.shape[1]} tokens; SEG needs "
+            "one token per latent position (condition tokens are not supported yet)."
+        )
+    return DenoiserInputs(tokens.shape[0], grid, kwargs.get("timestep"))
+
+
+# LTX-Video: self-attention ``attn1`` over packed (t, h, w) tokens, query norm across heads (B, N, C); the
+# output modulation uses the pre-block timestep embedding, so the perturbed rows join at the input.
+LTX_VIDEO = TransformerFamily(
+    "LTX-Video",
+    "LTXVideoTransformer3D",
+    (("blocks", "transformer_blocks"),),
+    1,
+    _ltx_inputs,
+    frozenset({"rope_interpolation_scale"}),
+    attention_names=("attn1",),
+    shares_prefix=False,
+)
 #: Every transformer family SEG knows, found by the denoiser's class name.
 TRANSFORMER_FAMILIES = (
     SD3,
@@ -368,6 +394,7 @@ TRANSFORMER_FAMILIES = (
     SANA,
     WAN,
     COGVIDEOX,
+    LTX_VIDEO,
 )
 
 

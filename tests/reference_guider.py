@@ -8,6 +8,8 @@ with the grid read from that call's inputs by the test's own reader. ``forward``
 
 from __future__ import annotations
 
+import math
+
 from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput
 from reference_dit import _blur_rows
@@ -17,8 +19,9 @@ class ReferenceSEGGuider(BaseGuidance):
     _input_predictions = ["pred_cond", "pred_uncond", "pred_cond_seg"]
 
     @register_to_config
-    def __init__(self, guidance_scale, seg_scale, sigma, attentions, read_grid, image_offset=None):
+    def __init__(self, guidance_scale, seg_scale, sigma, attentions, read_grid, image_offset=None, temporal_sigma=0.0):
         super().__init__(0.0, 1.0, True)
+        self.temporal_sigma = temporal_sigma
         self.guidance_scale, self.seg_scale, self.sigma = guidance_scale, seg_scale, sigma
         self.attentions, self.read_grid = attentions, read_grid
         # attention name → text tokens ahead of the image tokens, or "end": the image tokens end the query
@@ -60,13 +63,19 @@ class ReferenceSEGGuider(BaseGuidance):
             original = norm.forward
             offset = self.image_offset.get(name, 0)
             norm.forward = lambda q, original=original, offset=offset: _blur_rows(
-                original(q), slice(None), grid["hw"], self.sigma, 1, self._offset(offset, q, grid["hw"])
+                original(q),
+                slice(None),
+                grid["hw"],
+                self.sigma,
+                1,
+                self._offset(offset, q, grid["hw"]),
+                self.temporal_sigma,
             )
             self._patched.append(norm)
 
     @staticmethod
     def _offset(offset, q, grid):
-        return q.shape[1] - grid[0] * grid[1] if offset == "end" else offset
+        return q.shape[1] - math.prod(grid) if offset == "end" else offset
 
     def cleanup_models(self, denoiser):
         for norm in self._patched:

@@ -281,3 +281,39 @@ def test_ltx_video_matches_the_dense_video_reference(sigma, temporal_sigma, cfg)
     assert (plain - reference).abs().max() > MIN_EFFECT
     assert torch.equal(ours(**fresh(), seg_scale=0.0).frames, plain)
     assert no_hooks_left(ours.transformer)
+
+
+def test_modular_ltx_denoise_matches_the_reference_guider():
+    """The guider route uses the same LTX-Video descriptor: the modular LTX denoise (embeddings given
+    instead of the text encoder step) with our guider against the independent reference guider."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.modular_pipelines import LTXAutoBlocks
+    from reference_guider import ReferenceSEGGuider
+
+    pipe = LTXAutoBlocks().sub_blocks["denoise"].init_pipeline()
+    pipe.update_components(transformer=ltx_parts()["transformer"], scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    masks = dict(prompt_attention_mask=torch.ones(1, 5), negative_prompt_attention_mask=torch.ones(1, 5))
+
+    def run(guider):
+        pipe.update_components(guider=guider)
+        seed = torch.Generator().manual_seed(0)
+        return pipe(
+            **embeddings(),
+            **masks,
+            height=64,
+            width=96,
+            num_frames=9,
+            num_inference_steps=2,
+            generator=seed,
+            output="latents",
+        )
+
+    def read_grid(args, kwargs):
+        return int(kwargs["num_frames"]), int(kwargs["height"]), int(kwargs["width"])
+
+    ours = run(seg.SmoothedEnergyGuidance(guidance_scale=4.0, blur_sigma=2.0, temporal_sigma=1.0))
+    reference = run(ReferenceSEGGuider(4.0, 3.0, 2.0, ["transformer_blocks.1.attn1"], read_grid, temporal_sigma=1.0))
+    plain = run(seg.SmoothedEnergyGuidance(guidance_scale=4.0, scale=0.0))
+    assert (ours - reference).abs().max() <= TOLERANCE
+    assert (plain - reference).abs().max() > MIN_EFFECT

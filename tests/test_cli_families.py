@@ -32,6 +32,7 @@ CLASS_NAMES = {
     "CogVideoXPipeline": ("cogvideox", "CogVideoXSEGPipeline"),
     "CogVideoXImageToVideoPipeline": ("cogvideox-i2v", "CogVideoXSEGImageToVideoPipeline"),
     "LTXPipeline": ("ltx-video", "LTXSEGPipeline"),
+    "HunyuanVideoPipeline": ("hunyuanvideo", "HunyuanVideoSEGPipeline"),
 }
 
 

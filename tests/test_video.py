@@ -317,3 +317,89 @@ def test_modular_ltx_denoise_matches_the_reference_guider():
     plain = run(seg.SmoothedEnergyGuidance(guidance_scale=4.0, scale=0.0))
     assert (ours - reference).abs().max() <= TOLERANCE
     assert (plain - reference).abs().max() > MIN_EFFECT
+
+
+def hunyuan_video_parts():
+    from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
+
+    torch.manual_seed(0)
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=1,
+        num_single_layers=2,
+        num_refiner_layers=1,
+        patch_size=2,
+        patch_size_t=1,
+        text_embed_dim=16,
+        pooled_projection_dim=8,
+        rope_axes_dim=(2, 2, 4),
+    )
+    sharpen_transformer(transformer, 4.0)
+    vae = AutoencoderKLHunyuanVideo(
+        latent_channels=4,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+        block_out_channels=(8,) * 4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        mid_block_add_attention=False,
+    )
+    return dict(
+        text_encoder=None,
+        tokenizer=None,
+        transformer=transformer.eval(),
+        vae=vae.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder_2=None,
+        tokenizer_2=None,
+    )
+
+
+@pytest.mark.parametrize("sigma, temporal_sigma", [(1.0, 1.0), (math.inf, 0.0)])
+@pytest.mark.parametrize("true_cfg", [True, False], ids=["true-cfg", "no-cfg"])
+def test_hunyuan_video_matches_the_dense_video_reference(sigma, temporal_sigma, true_cfg):
+    """Single-stream queries are [video, text]: only the video tokens are blurred, over (t, h, w)."""
+    from diffusers import HunyuanVideoPipeline
+
+    parts = hunyuan_video_parts()
+    ours, host = make_pipe(seg.HunyuanVideoSEGPipeline, parts), make_pipe(HunyuanVideoPipeline, parts)
+    g = torch.Generator().manual_seed(2)
+    call = dict(
+        CALL,
+        prompt_embeds=torch.randn(1, 5, 16, generator=g),
+        pooled_prompt_embeds=torch.randn(1, 8, generator=g),
+        prompt_attention_mask=torch.ones(1, 5),
+    )
+    if true_cfg:
+        call.update(
+            negative_prompt_embeds=torch.randn(1, 5, 16, generator=g),
+            negative_pooled_prompt_embeds=torch.randn(1, 8, generator=g),
+            negative_prompt_attention_mask=torch.ones(1, 5),
+            true_cfg_scale=4.0,
+        )
+
+    def fresh():
+        return dict(call, generator=torch.Generator().manual_seed(0), output_type="latent")
+
+    result = ours(**fresh(), seg_scale=3.0, seg_blur_sigma=sigma, seg_temporal_sigma=temporal_sigma).frames
+    names = ["single_transformer_blocks.0.attn"]  # the middle of double.0, single.0, single.1
+    with reference_seg_transformer(
+        host.transformer,
+        names,
+        GRID,
+        sigma,
+        3.0,
+        False,
+        token_dim=1,
+        true_cfg_scale=4.0 if true_cfg else None,
+        temporal_sigma=temporal_sigma,
+    ):
+        reference = host(**fresh()).frames
+    plain = host(**fresh()).frames
+    assert (result - reference).abs().max() <= TOLERANCE
+    assert (plain - reference).abs().max() > MIN_EFFECT
+    assert torch.equal(ours(**fresh(), seg_scale=0.0).frames, plain)
+    assert no_hooks_left(ours.transformer)

@@ -10,6 +10,7 @@ from .dit import (
     FluxSEGImg2ImgPipeline,
     FluxSEGPipeline,
     HunyuanDiTSEGPipeline,
+    HunyuanVideoSEGPipeline,
     LTXSEGImageToVideoPipeline,
     LTXSEGPipeline,
     PixArtAlphaSEGPipeline,
@@ -66,6 +67,7 @@ from .sdxl import (
 )
 
 __all__ = [
+    "HunyuanVideoSEGPipeline",
     "LTXSEGPipeline",
     "LTXSEGImageToVideoPipeline",
     "CogVideoXSEGPipeline",

@@ -19,6 +19,7 @@ from diffusers import (
     FluxKontextPipeline,
     FluxPipeline,
     HunyuanDiTPipeline,
+    HunyuanVideoPipeline,
     LTXImageToVideoPipeline,
     LTXPipeline,
     PixArtAlphaPipeline,
@@ -143,3 +144,7 @@ class LTXSEGPipeline(SegCallMixin, LTXPipeline):
 
 class LTXSEGImageToVideoPipeline(SegCallMixin, LTXImageToVideoPipeline):
     """LTX-Video image-to-video with SEG over the (t, h, w) token grid."""
+
+
+class HunyuanVideoSEGPipeline(SegCallMixin, HunyuanVideoPipeline):
+    """HunyuanVideo text-to-video with SEG over the (t, h, w) token grid (true CFG with a negative prompt)."""

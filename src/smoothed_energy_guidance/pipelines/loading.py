@@ -72,6 +72,7 @@ FAMILY_TASKS: dict[str, dict[str, type]] = {
     "cogvideox": {"text2img": dit.CogVideoXSEGPipeline},
     "cogvideox-i2v": {"img2img": dit.CogVideoXSEGImageToVideoPipeline},
     "ltx-video": {"text2img": dit.LTXSEGPipeline, "img2img": dit.LTXSEGImageToVideoPipeline},
+    "hunyuanvideo": {"text2img": dit.HunyuanVideoSEGPipeline},
 }
 TASK_CLASSES = FAMILY_TASKS["sdxl"]
 # single-file key markers, checked in this order
@@ -105,6 +106,7 @@ _CLASS_PREFIXES = (
     ("CogVideoXPipeline", "cogvideox"),
     ("LTXImageToVideo", "ltx-video"),
     ("LTXPipeline", "ltx-video"),
+    ("HunyuanVideoPipeline", "hunyuanvideo"),
 )
 
 

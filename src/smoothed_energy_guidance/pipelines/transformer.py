@@ -376,6 +376,28 @@ LTX_VIDEO = TransformerFamily(
     attention_names=("attn1",),
     shares_prefix=False,
 )
+
+
+def _hunyuan_video_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
+    latents = args[0] if args else kwargs["hidden_states"]
+    patch, frame_patch = model.config.patch_size, model.config.patch_size_t
+    grid = (latents.shape[2] // frame_patch, latents.shape[3] // patch, latents.shape[4] // patch)
+    return DenoiserInputs(latents.shape[0], grid, kwargs.get("timestep"))
+
+
+# HunyuanVideo: dual-stream blocks (video queries alone) then single-stream blocks over [video, text];
+# true CFG as a second call; its unpatchify reshapes by the input batch size (rows join at the input).
+HUNYUAN_VIDEO = TransformerFamily(
+    "HunyuanVideo",
+    "HunyuanVideoTransformer3D",
+    (("double", "transformer_blocks"), ("single", "single_transformer_blocks")),
+    1,  # norm_q sees (B, N, heads, head_dim)
+    _hunyuan_video_inputs,
+    frozenset(),
+    image_head_stacks=frozenset({"single"}),
+    shares_prefix=False,
+    separate_cfg=True,
+)
 #: Every transformer family SEG knows, found by the denoiser's class name.
 TRANSFORMER_FAMILIES = (
     SD3,
@@ -395,6 +417,7 @@ TRANSFORMER_FAMILIES = (
     WAN,
     COGVIDEOX,
     LTX_VIDEO,
+    HUNYUAN_VIDEO,
 )
 
 

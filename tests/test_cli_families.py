@@ -33,6 +33,7 @@ CLASS_NAMES = {
     "CogVideoXImageToVideoPipeline": ("cogvideox-i2v", "CogVideoXSEGImageToVideoPipeline"),
     "LTXPipeline": ("ltx-video", "LTXSEGPipeline"),
     "HunyuanVideoPipeline": ("hunyuanvideo", "HunyuanVideoSEGPipeline"),
+    "MochiPipeline": ("mochi", "MochiSEGPipeline"),
 }
 
 

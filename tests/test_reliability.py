@@ -157,7 +157,7 @@ def test_bad_input_names_the_fix(seg_pipe, kwargs, message):
 def test_pipeline_without_unet_is_refused():
     with pytest.raises(
         ValueError,
-        match=r"SEG supports Stable Diffusion 1.x/2.x, Stable Diffusion XL, Kolors, .*, and video: Wan, .*LTX-Video",
+        match=r"SEG supports Stable Diffusion 1.x/2.x, Stable Diffusion XL, Kolors, .*, and video: Wan, .*Mochi",
     ):
         seg.enable_seg(object())
 

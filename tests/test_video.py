@@ -403,3 +403,51 @@ def test_hunyuan_video_matches_the_dense_video_reference(sigma, temporal_sigma, 
     assert (plain - reference).abs().max() > MIN_EFFECT
     assert torch.equal(ours(**fresh(), seg_scale=0.0).frames, plain)
     assert no_hooks_left(ours.transformer)
+
+
+@pytest.mark.parametrize("sigma, temporal_sigma", [(1.0, 1.0), (math.inf, math.inf)])
+@pytest.mark.parametrize("cfg", [True, False], ids=["cfg", "no-cfg"])
+def test_mochi_matches_the_dense_video_reference(sigma, temporal_sigma, cfg):
+    """Mochi's video queries come alone from ``norm_q`` (its text stream has its own projections)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
+
+    torch.manual_seed(0)
+    transformer = MochiTransformer3DModel(
+        patch_size=2,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=3,
+        pooled_projection_dim=16,
+        in_channels=12,
+        text_embed_dim=16,
+        time_embed_dim=8,
+        max_sequence_length=5,
+    )
+    sharpen_transformer(transformer, 4.0)
+    parts = dict(  # latents only: no VAE is needed to make them
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        transformer=transformer.eval(),
+    )
+    ours, host = make_pipe(seg.MochiSEGPipeline, parts), make_pipe(MochiPipeline, parts)
+    masks = dict(prompt_attention_mask=torch.ones(1, 5), negative_prompt_attention_mask=torch.ones(1, 5))
+    # 13 frames → 3 latent frames (6× temporal); 64 × 96 pixels → 8 × 12 latents → 4 × 6 tokens
+    call = dict(embeddings(), **masks, height=64, width=96, num_frames=13, num_inference_steps=3)
+    call.update(guidance_scale=4.0 if cfg else 1.0, max_sequence_length=5)
+
+    def fresh():
+        return dict(call, generator=torch.Generator().manual_seed(0), output_type="latent")
+
+    result = ours(**fresh(), seg_scale=3.0, seg_blur_sigma=sigma, seg_temporal_sigma=temporal_sigma).frames
+    names = ["transformer_blocks.1.attn1"]
+    with reference_seg_transformer(
+        host.transformer, names, GRID, sigma, 3.0, cfg, 4.0, token_dim=1, temporal_sigma=temporal_sigma
+    ):
+        reference = host(**fresh()).frames
+    plain = host(**fresh()).frames
+    assert (result - reference).abs().max() <= TOLERANCE
+    assert (plain - reference).abs().max() > MIN_EFFECT
+    assert torch.equal(ours(**fresh(), seg_scale=0.0).frames, plain)
+    assert no_hooks_left(ours.transformer)

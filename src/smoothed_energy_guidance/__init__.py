@@ -24,6 +24,7 @@ _EXPORTS = {
     "from_pipe": "pipelines",
     "SmoothedEnergyGuidance": "pipelines",
     "StableDiffusionSEGPipeline": "pipelines",
+    "MochiSEGPipeline": "pipelines",
     "HunyuanVideoSEGPipeline": "pipelines",
     "LTXSEGPipeline": "pipelines",
     "LTXSEGImageToVideoPipeline": "pipelines",

@@ -13,6 +13,7 @@ from .dit import (
     HunyuanVideoSEGPipeline,
     LTXSEGImageToVideoPipeline,
     LTXSEGPipeline,
+    MochiSEGPipeline,
     PixArtAlphaSEGPipeline,
     PixArtSigmaSEGPipeline,
     QwenImageEditSEGPipeline,
@@ -67,6 +68,7 @@ from .sdxl import (
 )
 
 __all__ = [
+    "MochiSEGPipeline",
     "HunyuanVideoSEGPipeline",
     "LTXSEGPipeline",
     "LTXSEGImageToVideoPipeline",

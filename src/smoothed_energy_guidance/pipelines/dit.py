@@ -22,6 +22,7 @@ from diffusers import (
     HunyuanVideoPipeline,
     LTXImageToVideoPipeline,
     LTXPipeline,
+    MochiPipeline,
     PixArtAlphaPipeline,
     PixArtSigmaPipeline,
     QwenImageEditPipeline,
@@ -148,3 +149,7 @@ class LTXSEGImageToVideoPipeline(SegCallMixin, LTXImageToVideoPipeline):
 
 class HunyuanVideoSEGPipeline(SegCallMixin, HunyuanVideoPipeline):
     """HunyuanVideo text-to-video with SEG over the (t, h, w) token grid (true CFG with a negative prompt)."""
+
+
+class MochiSEGPipeline(SegCallMixin, MochiPipeline):
+    """Mochi text-to-video with SEG over the (t, h, w) token grid."""

@@ -14,7 +14,7 @@ from .unet import enable_seg_unet
 
 SUPPORTED_FAMILIES = (
     "Stable Diffusion 1.x/2.x, Stable Diffusion XL, Kolors, Stable Diffusion 3/3.5, Flux.1 (with Fill and Kontext), "
-    "Chroma, Qwen-Image, PixArt-α/Σ, HunyuanDiT, Sana, and video: Wan, CogVideoX, LTX-Video and HunyuanVideo"
+    "Chroma, Qwen-Image, PixArt-α/Σ, HunyuanDiT, Sana, and video: Wan, CogVideoX, LTX-Video, HunyuanVideo and Mochi"
 )
 
 

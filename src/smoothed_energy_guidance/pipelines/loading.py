@@ -73,6 +73,7 @@ FAMILY_TASKS: dict[str, dict[str, type]] = {
     "cogvideox-i2v": {"img2img": dit.CogVideoXSEGImageToVideoPipeline},
     "ltx-video": {"text2img": dit.LTXSEGPipeline, "img2img": dit.LTXSEGImageToVideoPipeline},
     "hunyuanvideo": {"text2img": dit.HunyuanVideoSEGPipeline},
+    "mochi": {"text2img": dit.MochiSEGPipeline},
 }
 TASK_CLASSES = FAMILY_TASKS["sdxl"]
 # single-file key markers, checked in this order
@@ -107,6 +108,7 @@ _CLASS_PREFIXES = (
     ("LTXImageToVideo", "ltx-video"),
     ("LTXPipeline", "ltx-video"),
     ("HunyuanVideoPipeline", "hunyuanvideo"),
+    ("MochiPipeline", "mochi"),
 )
 
 

@@ -398,6 +398,27 @@ HUNYUAN_VIDEO = TransformerFamily(
     shares_prefix=False,
     separate_cfg=True,
 )
+
+
+def _mochi_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
+    latents = args[0] if args else kwargs["hidden_states"]
+    patch = model.config.patch_size
+    grid = (latents.shape[2], latents.shape[3] // patch, latents.shape[4] // patch)
+    return DenoiserInputs(latents.shape[0], grid, kwargs.get("timestep"))
+
+
+# Mochi: asymmetric joint attention ``attn1`` whose video queries come alone from ``to_q`` / ``norm_q``
+# (B, N, heads, head_dim); its unpatchify reshapes by the input batch size (rows join at the input).
+MOCHI = TransformerFamily(
+    "Mochi",
+    "MochiTransformer3D",
+    (("blocks", "transformer_blocks"),),
+    1,
+    _mochi_inputs,
+    frozenset(),
+    attention_names=("attn1",),
+    shares_prefix=False,
+)
 #: Every transformer family SEG knows, found by the denoiser's class name.
 TRANSFORMER_FAMILIES = (
     SD3,
@@ -418,6 +439,7 @@ TRANSFORMER_FAMILIES = (
     COGVIDEOX,
     LTX_VIDEO,
     HUNYUAN_VIDEO,
+    MOCHI,
 )
 
 

@@ -67,6 +67,28 @@ def embeddings() -> dict:
     )
 
 
+def check_video(ours, host, call, names, grid, sigma, temporal_sigma, cfg, **reference):
+    """SEG equals the dense (t·h·w)² reference, moves the output, is plain at scale 0 and leaves no hooks.
+
+    ``reference``: ``token_dim``, ``text_tokens``, ``true_cfg_scale`` for ``reference_seg_transformer``.
+    """
+
+    def fresh():
+        return dict(call, generator=torch.Generator().manual_seed(0), output_type="latent")
+
+    result = ours(**fresh(), seg_scale=3.0, seg_blur_sigma=sigma, seg_temporal_sigma=temporal_sigma).frames
+    with reference_seg_transformer(
+        host.transformer, names, grid, sigma, 3.0, cfg, 4.0, temporal_sigma=temporal_sigma, **reference
+    ):
+        expected = host(**fresh()).frames
+    plain = host(**fresh()).frames
+    assert (result - expected).abs().max() <= TOLERANCE
+    assert (plain - expected).abs().max() > MIN_EFFECT
+    assert torch.equal(ours(**fresh(), seg_scale=0.0).frames, plain)
+    assert no_hooks_left(ours.transformer)
+    return result
+
+
 @pytest.mark.parametrize(
     "sigma, temporal_sigma",
     [(1.0, 0.0), (1.0, 1.0), (math.inf, 0.0), (2.0, math.inf), (math.inf, math.inf), (1.0, 0.7)],
@@ -79,29 +101,12 @@ def test_wan_matches_the_dense_video_reference(sigma, temporal_sigma, cfg):
     ours, host = make_pipe(seg.WanSEGPipeline, parts), make_pipe(WanPipeline, parts)
     call = dict(CALL, **embeddings(), guidance_scale=4.0 if cfg else 1.0)
 
-    def fresh():
-        return dict(call, generator=torch.Generator().manual_seed(0), output_type="latent")
-
-    result = ours(**fresh(), seg_scale=3.0, seg_blur_sigma=sigma, seg_temporal_sigma=temporal_sigma).frames
     names = ["blocks.1.attn1"]  # the default: the middle of three blocks
-    with reference_seg_transformer(
-        host.transformer,
-        names,
-        GRID,
-        sigma,
-        3.0,
-        False,
-        token_dim=1,
-        true_cfg_scale=4.0 if cfg else None,
-        temporal_sigma=temporal_sigma,
-    ):
-        reference = host(**fresh()).frames
-    plain = host(**fresh()).frames
+    true_cfg = 4.0 if cfg else None
+    result = check_video(
+        ours, host, call, names, GRID, sigma, temporal_sigma, False, token_dim=1, true_cfg_scale=true_cfg
+    )
     assert result.shape[2] == GRID[0]
-    assert (result - reference).abs().max() <= TOLERANCE
-    assert (plain - reference).abs().max() > MIN_EFFECT
-    assert torch.equal(ours(**fresh(), seg_scale=0.0).frames, plain)
-    assert no_hooks_left(ours.transformer)
 
 
 @pytest.mark.parametrize("temporal_sigma, mixes", [(0.0, False), (1.0, True), (math.inf, True)])
@@ -187,29 +192,8 @@ def test_cogvideox_matches_the_dense_video_reference(sigma, temporal_sigma, cfg)
     ours, host = make_pipe(seg.CogVideoXSEGPipeline, parts), make_pipe(CogVideoXPipeline, parts)
     call = dict(CALL, **embeddings(), guidance_scale=4.0 if cfg else 1.0, max_sequence_length=5)
 
-    def fresh():
-        return dict(call, generator=torch.Generator().manual_seed(0), output_type="latent")
-
-    result = ours(**fresh(), seg_scale=3.0, seg_blur_sigma=sigma, seg_temporal_sigma=temporal_sigma).frames
     names = ["transformer_blocks.1.attn1"]
-    with reference_seg_transformer(
-        host.transformer,
-        names,
-        GRID,
-        sigma,
-        3.0,
-        cfg,
-        4.0,
-        text_tokens={names[0]: 5},
-        token_dim=2,
-        temporal_sigma=temporal_sigma,
-    ):
-        reference = host(**fresh()).frames
-    plain = host(**fresh()).frames
-    assert (result - reference).abs().max() <= TOLERANCE
-    assert (plain - reference).abs().max() > MIN_EFFECT
-    assert torch.equal(ours(**fresh(), seg_scale=0.0).frames, plain)
-    assert no_hooks_left(ours.transformer)
+    check_video(ours, host, call, names, GRID, sigma, temporal_sigma, cfg, text_tokens={names[0]: 5}, token_dim=2)
 
 
 def test_cogvideox_dynamic_cfg_is_refused_with_the_fix():
@@ -267,20 +251,8 @@ def test_ltx_video_matches_the_dense_video_reference(sigma, temporal_sigma, cfg)
     call = dict(embeddings(), **masks, height=64, width=96, num_frames=9, num_inference_steps=2)
     call.update(guidance_scale=4.0 if cfg else 1.0, max_sequence_length=5)
 
-    def fresh():
-        return dict(call, generator=torch.Generator().manual_seed(0), output_type="latent")
-
-    result = ours(**fresh(), seg_scale=3.0, seg_blur_sigma=sigma, seg_temporal_sigma=temporal_sigma).frames
     names = ["transformer_blocks.1.attn1"]
-    with reference_seg_transformer(
-        host.transformer, names, (3, 16, 24), sigma, 3.0, cfg, 4.0, token_dim=1, temporal_sigma=temporal_sigma
-    ):
-        reference = host(**fresh()).frames
-    plain = host(**fresh()).frames
-    assert (result - reference).abs().max() <= TOLERANCE
-    assert (plain - reference).abs().max() > MIN_EFFECT
-    assert torch.equal(ours(**fresh(), seg_scale=0.0).frames, plain)
-    assert no_hooks_left(ours.transformer)
+    check_video(ours, host, call, names, (3, 16, 24), sigma, temporal_sigma, cfg, token_dim=1)
 
 
 def test_modular_ltx_denoise_matches_the_reference_guider():
@@ -381,28 +353,9 @@ def test_hunyuan_video_matches_the_dense_video_reference(sigma, temporal_sigma, 
             true_cfg_scale=4.0,
         )
 
-    def fresh():
-        return dict(call, generator=torch.Generator().manual_seed(0), output_type="latent")
-
-    result = ours(**fresh(), seg_scale=3.0, seg_blur_sigma=sigma, seg_temporal_sigma=temporal_sigma).frames
     names = ["single_transformer_blocks.0.attn"]  # the middle of double.0, single.0, single.1
-    with reference_seg_transformer(
-        host.transformer,
-        names,
-        GRID,
-        sigma,
-        3.0,
-        False,
-        token_dim=1,
-        true_cfg_scale=4.0 if true_cfg else None,
-        temporal_sigma=temporal_sigma,
-    ):
-        reference = host(**fresh()).frames
-    plain = host(**fresh()).frames
-    assert (result - reference).abs().max() <= TOLERANCE
-    assert (plain - reference).abs().max() > MIN_EFFECT
-    assert torch.equal(ours(**fresh(), seg_scale=0.0).frames, plain)
-    assert no_hooks_left(ours.transformer)
+    true_cfg_scale = 4.0 if true_cfg else None
+    check_video(ours, host, call, names, GRID, sigma, temporal_sigma, False, token_dim=1, true_cfg_scale=true_cfg_scale)
 
 
 @pytest.mark.parametrize("sigma, temporal_sigma", [(1.0, 1.0), (math.inf, math.inf)])
@@ -437,17 +390,5 @@ def test_mochi_matches_the_dense_video_reference(sigma, temporal_sigma, cfg):
     call = dict(embeddings(), **masks, height=64, width=96, num_frames=13, num_inference_steps=3)
     call.update(guidance_scale=4.0 if cfg else 1.0, max_sequence_length=5)
 
-    def fresh():
-        return dict(call, generator=torch.Generator().manual_seed(0), output_type="latent")
-
-    result = ours(**fresh(), seg_scale=3.0, seg_blur_sigma=sigma, seg_temporal_sigma=temporal_sigma).frames
     names = ["transformer_blocks.1.attn1"]
-    with reference_seg_transformer(
-        host.transformer, names, GRID, sigma, 3.0, cfg, 4.0, token_dim=1, temporal_sigma=temporal_sigma
-    ):
-        reference = host(**fresh()).frames
-    plain = host(**fresh()).frames
-    assert (result - reference).abs().max() <= TOLERANCE
-    assert (plain - reference).abs().max() > MIN_EFFECT
-    assert torch.equal(ours(**fresh(), seg_scale=0.0).frames, plain)
-    assert no_hooks_left(ours.transformer)
+    check_video(ours, host, call, names, GRID, sigma, temporal_sigma, cfg, token_dim=1)

@@ -71,7 +71,9 @@ class SegCallMixin:
         if "__call__" in cls.__dict__:
             return  # a subclass that writes its own __call__ keeps it
         host = next(
-            base for base in cls.__mro__[1:] if base is not SegCallMixin and "__call__" in vars(base) or base is object
+            base
+            for base in cls.__mro__[1:]
+            if (base is not SegCallMixin and "__call__" in vars(base)) or base is object
         )
         if host is object:
             return  # diffusers' placeholder for a pipeline whose backend (e.g. sentencepiece) is not installed

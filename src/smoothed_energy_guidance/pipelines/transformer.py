@@ -177,19 +177,36 @@ def _krea2_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
     return DenoiserInputs(tokens.shape[0], grid, kwargs.get("timestep"))
 
 
-def _latent_grid_inputs(frame_axis: int | None, patch: Callable[[Any], tuple[int, int, int]], name: str):
-    """Inputs of a denoiser that takes latents as (B, C, [T,] H, W) and patchifies them itself."""
+def _patch_sizes(model: Any) -> tuple[int, int, int]:
+    """(frames, height, width) patch sizes from the config: a tuple, or one int plus ``patch_size_t``."""
+    patch = model.config.patch_size
+    if isinstance(patch, (tuple, list)):
+        return tuple(patch)
+    return (model.config.get("patch_size_t") or 1, patch, patch)
+
+
+def _latent_inputs(frame_axis: int | None = None, image_only: str | None = None, text_first: bool = False):
+    """Inputs of a denoiser that takes latents (B, C, H, W), or video latents with frames on
+    ``frame_axis``, and patchifies them by its config (frames padded up to whole patches).
+
+    ``image_only``: the family's name, for models whose video calls SEG refuses for now;
+    ``text_first``: the text tokens open the joint queries, as many as ``encoder_hidden_states`` has.
+    """
 
     def read(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
         latents = args[0] if args else kwargs["hidden_states"]
-        frame_patch, height_patch, width_patch = patch(model)
-        if frame_axis is not None and latents.shape[frame_axis] // frame_patch != 1:
-            raise ValueError(
-                f"{name} call with {latents.shape[frame_axis]} latent frames; SEG supports single images on this "
-                "model for now (video SEG over t×h×w is planned)."
-            )
+        frame_patch, height_patch, width_patch = _patch_sizes(model)
         grid = (latents.shape[-2] // height_patch, latents.shape[-1] // width_patch)
-        return DenoiserInputs(latents.shape[0], grid, kwargs.get("timestep"))
+        if frame_axis is not None:
+            frames = math.ceil(latents.shape[frame_axis] / frame_patch)
+            if image_only and frames != 1:
+                raise ValueError(
+                    f"{image_only} call with {latents.shape[frame_axis]} latent frames; SEG supports single images "
+                    "on this model for now (video SEG over t×h×w is planned)."
+                )
+            grid = grid if image_only else (frames, *grid)
+        text = kwargs["encoder_hidden_states"].shape[1] if text_first else None
+        return DenoiserInputs(latents.shape[0], grid, kwargs.get("timestep"), text_tokens=text)
 
     return read
 
@@ -231,7 +248,7 @@ ERNIE_IMAGE = TransformerFamily(
     "ErnieImageTransformer",
     (("blocks", "layers"),),
     1,
-    _latent_grid_inputs(None, lambda model: (1, model.config.patch_size, model.config.patch_size), "ERNIE-Image"),
+    _latent_inputs(),
     frozenset(),
     image_head_stacks=frozenset({"blocks"}),  # [image, text]
     pipelines=False,
@@ -255,20 +272,11 @@ COSMOS = TransformerFamily(
     "CosmosTransformer3D",
     (("blocks", "transformer_blocks"),),
     2,  # norm_q sees (B, heads, N, head_dim)
-    _latent_grid_inputs(2, lambda model: tuple(model.config.patch_size), "Cosmos / Anima"),
+    _latent_inputs(frame_axis=2, image_only="Cosmos / Anima"),
     frozenset(),
     pipelines=False,
     attention_names=("attn1",),
 )
-
-
-def _patched_latent_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
-    """Latents (B, C, H, W) patchified by ``config.patch_size`` (PixArt, HunyuanDiT, Sana)."""
-    latents = args[0] if args else kwargs["hidden_states"]
-    patch = model.config.patch_size
-    return DenoiserInputs(
-        latents.shape[0], (latents.shape[-2] // patch, latents.shape[-1] // patch), kwargs.get("timestep")
-    )
 
 
 # PixArt-α / -Σ: BasicTransformerBlock stacks, self-attention ``attn1`` without a query norm.
@@ -277,7 +285,7 @@ PIXART = TransformerFamily(
     "PixArtTransformer",
     (("blocks", "transformer_blocks"),),
     1,
-    _patched_latent_inputs,
+    _latent_inputs(),
     frozenset(),
     attention_names=("attn1",),
     shares_prefix=False,
@@ -288,7 +296,7 @@ HUNYUAN_DIT = TransformerFamily(
     "HunyuanDiT2DModel",
     (("blocks", "blocks"),),
     2,
-    _patched_latent_inputs,
+    _latent_inputs(),
     frozenset({"image_rotary_emb"}),
     attention_names=("attn1",),
 )
@@ -298,19 +306,11 @@ SANA = TransformerFamily(
     "SanaTransformer",
     (("blocks", "transformer_blocks"),),
     1,  # its norm_q (Sana 1.5) normalises (B, N, heads·head_dim)
-    _patched_latent_inputs,
+    _latent_inputs(),
     frozenset(),
     attention_names=("attn1",),
     shares_prefix=False,
 )
-
-
-def _video_latent_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
-    """Video latents (B, C, F, H, W) patchified by ``config.patch_size`` = (p_t, p_h, p_w): a (t, h, w) grid."""
-    latents = args[0] if args else kwargs["hidden_states"]
-    frame_patch, height_patch, width_patch = model.config.patch_size
-    grid = (latents.shape[2] // frame_patch, latents.shape[3] // height_patch, latents.shape[4] // width_patch)
-    return DenoiserInputs(latents.shape[0], grid, kwargs.get("timestep"))
 
 
 # Wan 2.x: self-attention ``attn1`` over the (t, h, w) tokens, its query norm across heads (B, N, C); the
@@ -320,21 +320,12 @@ WAN = TransformerFamily(
     "WanTransformer3D",
     (("blocks", "blocks"),),
     1,
-    _video_latent_inputs,
+    _latent_inputs(frame_axis=2),
     frozenset(),
     attention_names=("attn1",),
     shares_prefix=False,
     separate_cfg=True,
 )
-
-
-def _cogvideox_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
-    """Latents (B, F, C, H, W); frames grouped by ``patch_size_t`` (CogVideoX 1.5, padded up), text first."""
-    latents = args[0] if args else kwargs["hidden_states"]
-    patch, frame_patch = model.config.patch_size, model.config.patch_size_t or 1
-    grid = (math.ceil(latents.shape[1] / frame_patch), latents.shape[3] // patch, latents.shape[4] // patch)
-    text = kwargs["encoder_hidden_states"].shape[1]
-    return DenoiserInputs(latents.shape[0], grid, kwargs.get("timestep"), text_tokens=text)
 
 
 # CogVideoX: joint attention ``attn1`` over [text, video] with per-head query norm (B, heads, N, head_dim);
@@ -344,7 +335,7 @@ COGVIDEOX = TransformerFamily(
     "CogVideoXTransformer3D",
     (("blocks", "transformer_blocks"),),
     2,
-    _cogvideox_inputs,
+    _latent_inputs(frame_axis=1, text_first=True),  # latents (B, F, C, H, W)
     frozenset({"image_rotary_emb"}),
     image_tail_stacks=frozenset({"blocks"}),
     attention_names=("attn1",),
@@ -378,13 +369,6 @@ LTX_VIDEO = TransformerFamily(
 )
 
 
-def _hunyuan_video_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
-    latents = args[0] if args else kwargs["hidden_states"]
-    patch, frame_patch = model.config.patch_size, model.config.patch_size_t
-    grid = (latents.shape[2] // frame_patch, latents.shape[3] // patch, latents.shape[4] // patch)
-    return DenoiserInputs(latents.shape[0], grid, kwargs.get("timestep"))
-
-
 # HunyuanVideo: dual-stream blocks (video queries alone) then single-stream blocks over [video, text];
 # true CFG as a second call; its unpatchify reshapes by the input batch size (rows join at the input).
 HUNYUAN_VIDEO = TransformerFamily(
@@ -392,19 +376,12 @@ HUNYUAN_VIDEO = TransformerFamily(
     "HunyuanVideoTransformer3D",
     (("double", "transformer_blocks"), ("single", "single_transformer_blocks")),
     1,  # norm_q sees (B, N, heads, head_dim)
-    _hunyuan_video_inputs,
+    _latent_inputs(frame_axis=2),
     frozenset(),
     image_head_stacks=frozenset({"single"}),
     shares_prefix=False,
     separate_cfg=True,
 )
-
-
-def _mochi_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:
-    latents = args[0] if args else kwargs["hidden_states"]
-    patch = model.config.patch_size
-    grid = (latents.shape[2], latents.shape[3] // patch, latents.shape[4] // patch)
-    return DenoiserInputs(latents.shape[0], grid, kwargs.get("timestep"))
 
 
 # Mochi: asymmetric joint attention ``attn1`` whose video queries come alone from ``to_q`` / ``norm_q``
@@ -414,7 +391,7 @@ MOCHI = TransformerFamily(
     "MochiTransformer3D",
     (("blocks", "transformer_blocks"),),
     1,
-    _mochi_inputs,
+    _latent_inputs(frame_axis=2),
     frozenset(),
     attention_names=("attn1",),
     shares_prefix=False,
@@ -552,10 +529,14 @@ def transformer_host_reader(pipe: Any, family: TransformerFamily, true_cfg_scale
         # diffusers' cache context names the call where the pipeline sets one (Flux, Qwen-Image); elsewhere
         # (Flux Kontext, Flux img2img, Chroma) the uncond call is the second call on the same timestep
         named = context.current() if context is not None else None
+        if named is not None:
+            return named == "uncond"
+        if true_cfg_scale <= 1:
+            return False  # no uncond call to tell apart (and no device sync to read the timestep)
         value = None if timestep is None else float(torch.as_tensor(timestep).flatten()[0])
-        repeated = true_cfg_scale > 1 and value is not None and getattr(last_timestep, "value", None) == value
+        repeated = value is not None and getattr(last_timestep, "value", None) == value
         last_timestep.value = None if repeated else value
-        return named == "uncond" if named is not None else repeated
+        return repeated
 
     def read(timestep: Any) -> HostStep:
         progress = loop_progress(timestep * family.timestep_scale if timestep is not None else None)

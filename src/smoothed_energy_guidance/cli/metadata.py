@@ -15,6 +15,7 @@ from .. import __version__
 from .settings import GenerationSettings
 
 JSON_KEY = "seg-settings"
+VIDEO_SUFFIXES = (".mp4", ".webp")  # videos ``seg`` writes (cli/video.py), read back by suffix
 A1111_KEY = "parameters"
 SAMPLER_NAMES = {
     "default": ("Default", None),
@@ -84,12 +85,16 @@ def write_atomically(path: Path, write: Any) -> None:
         raise
 
 
+def settings_record(settings: GenerationSettings, extra: dict | None = None) -> str:
+    """The JSON record every file ``seg`` writes carries (PNG text chunk, MP4 comment, WebP XMP)."""
+    return json.dumps({"version": __version__, "settings": settings.to_json(), **(extra or {})}, sort_keys=True)
+
+
 def save_png(image: Image.Image, path: Path, settings: GenerationSettings, extra: dict | None = None) -> Path:
     """Write ``image`` with its settings embedded, atomically. Returns the path written."""
     info = PngImagePlugin.PngInfo()
     info.add_text(A1111_KEY, infotext(settings, image.size))
-    record = {"version": __version__, "settings": settings.to_json(), **(extra or {})}
-    info.add_text(JSON_KEY, json.dumps(record, sort_keys=True))
+    info.add_text(JSON_KEY, settings_record(settings, extra))
     write_atomically(path, lambda temp: image.save(temp, format="PNG", pnginfo=info))
     return path
 
@@ -98,7 +103,7 @@ def read_png_settings(path: str | Path | BinaryIO) -> tuple[str | None, dict | N
     """The ``parameters`` text and the JSON record of a PNG (either may be None); for an MP4 or WebP
     written by ``seg``, its JSON record."""
     try:
-        if isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in (".mp4", ".webp"):
+        if isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in VIDEO_SUFFIXES:
             from .video import read_video_record
 
             text = {JSON_KEY: read_video_record(Path(path))}

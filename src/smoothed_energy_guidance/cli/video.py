@@ -3,20 +3,12 @@ same JSON record as a PNG's ``seg-settings`` chunk (MP4: the container's ``comme
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from PIL import Image
 
-from .. import __version__
-from .metadata import write_atomically
+from .metadata import settings_record, write_atomically
 from .settings import GenerationSettings
-
-VIDEO_SUFFIXES = (".mp4", ".webp")
-
-
-def _record(settings: GenerationSettings) -> str:
-    return json.dumps({"version": __version__, "settings": settings.to_json()}, sort_keys=True)
 
 
 def _write_mp4(frames: list[Image.Image], path: Path, fps: int, comment: str) -> None:
@@ -40,7 +32,7 @@ def _write_mp4(frames: list[Image.Image], path: Path, fps: int, comment: str) ->
 
 def save_video(frames: list[Image.Image], path: Path, settings: GenerationSettings) -> list[Path]:
     """Write ``path`` (MP4) and an animated WebP preview beside it, atomically; returns both paths."""
-    comment = _record(settings)
+    comment = settings_record(settings)
     preview = path.with_suffix(".webp")
     write_atomically(path, lambda temp: _write_mp4(frames, temp, settings.fps, comment))
     write_atomically(

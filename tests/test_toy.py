@@ -59,27 +59,118 @@ def test_training_smoke_run_produces_a_loadable_pipeline(tmp_path):
         "a red circle on the left, green ground, blue sky", num_inference_steps=2, height=32, width=32, output_type="pt"
     ).images
     assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
-    assert (tmp_path / "scene-features.safetensors").exists()
+    assert (tmp_path / "seg-toy-features.safetensors").exists()
     assert pipe.config.force_zeros_for_empty_prompt is False  # unconditional = the empty caption it learned
 
 
-def test_eval_reports_every_setting(tmp_path):
-    from smoothed_energy_guidance.toy.evaluate import evaluate, quality_table
+@pytest.fixture(scope="module")
+def smoke_model(tmp_path_factory):
     from smoothed_energy_guidance.toy.train import TrainConfig, train
 
-    out = train(TrainConfig.smoke(tmp_path / "seg-toy"), progress=False)
-    results = evaluate(out, tmp_path / "scene-features.safetensors", samples=12, steps=2, batch=12, progress=False)
+    return train(TrainConfig.smoke(tmp_path_factory.mktemp("bed") / "seg-toy"), progress=False)
+
+
+def test_sweep_reports_every_setting_with_intervals_checked_independently(smoke_model, tmp_path):
+    from PIL import Image
+
+    from smoothed_energy_guidance.toy.evaluate import SweepPlan, evaluate
+    from smoothed_energy_guidance.toy.report import write_reports
+
+    plan = SweepPlan(scales=(1.0, 3.0), sigmas=(2.0, math.inf), pag_scales=(3.0,), combined_scale=2.0)
+    features = smoke_model.parent / "seg-toy-features.safetensors"
+    results = evaluate(smoke_model, features, samples=8, steps=2, seeds=(0, 1, 2), plan=plan, batch=8, progress=False)
     assert [r["setting"] for r in results["unconditional"]] == [
         "vanilla",
-        "PAG (scale 3)",
-        "SEG σ=1",
-        "SEG σ=4",
-        "SEG σ=16",
-        "SEG σ=∞",
+        "PAG 3",
+        "SEG 1 σ=2",
+        "SEG 3 σ=2",
+        "SEG 1 σ=∞",
+        "SEG 3 σ=∞",
     ]
-    assert len(results["conditional"]) == 8 and "attribute_accuracy" in results["conditional"][0]
-    assert all(math.isfinite(r["fd"]) for rows in results.values() for r in rows)
-    # SEG changes the samples, so its row differs from vanilla's
-    assert results["unconditional"][0]["fd"] != results["unconditional"][-1]["fd"]
-    table = quality_table(results, 12, 2)
-    assert "## Unconditional" in table and "CFG 5 + SEG σ=∞" in table
+    assert [r["setting"] for r in results["conditional"]] == [
+        "vanilla",
+        "CFG 5",
+        "CFG 5 + SEG 2 σ=2",
+        "CFG 5 + SEG 2 σ=∞",
+        "CFG 5 + PAG 2",
+    ]
+    t_975_df2 = 4.302652729911275  # Student-t table, 95 % two-sided, 2 degrees of freedom
+    for row in results["unconditional"] + results["conditional"]:
+        for metric, values in row["per_seed"].items():
+            assert len(values) == 3
+            mean = sum(values) / 3
+            sd = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)
+            assert row[metric]["mean"] == pytest.approx(mean)
+            assert row[metric]["high"] - mean == pytest.approx(t_975_df2 * sd / math.sqrt(3), rel=1e-8)
+        boot = row["fd_bootstrap"]
+        assert boot["low"] <= boot["high"] and math.isfinite(boot["mean"])
+    assert "attribute_accuracy_bootstrap" in results["conditional"][0]
+    # SEG changes the samples, so its FD differs from vanilla's on every seed
+    vanilla, seg_inf = results["unconditional"][0], results["unconditional"][-1]
+    assert all(a != b for a, b in zip(vanilla["per_seed"]["fd"], seg_inf["per_seed"]["fd"], strict=True))
+
+    data, plot, table = write_reports(results, tmp_path, "seg eval --testbed seg-toy")
+    text = table.read_text(encoding="utf-8")
+    assert "## seg-toy" in text and "`seg eval --testbed seg-toy`" in text and "| SEG 3 σ=∞ |" in text
+    assert Image.open(plot).size[0] > 1000
+    import json
+
+    assert json.loads(data.read_text(encoding="utf-8"))["unconditional"][2]["seg_scale"] == 1.0
+
+
+def test_statistics_match_independent_computations():
+    from smoothed_energy_guidance.toy.statistics import bootstrap_interval, seed_interval
+
+    interval = seed_interval([1.0, 2.0, 4.0])
+    assert interval.mean == pytest.approx(7 / 3)
+    assert interval.half_width == pytest.approx(4.302652729911275 * np.std([1, 2, 4], ddof=1) / math.sqrt(3))
+    with pytest.raises(ValueError, match="two seeds"):
+        seed_interval([1.0])
+    values = torch.from_numpy(np.random.default_rng(5).normal(3.0, 2.0, 400))
+    boot = bootstrap_interval(lambda v: float(v.mean()), values, resamples=400, seed=7)
+    # the documented resampling, redone with numpy: same indices, same percentiles
+    indices = np.random.default_rng(7).integers(0, 400, (400, 400))
+    means = values.numpy()[indices].mean(axis=1)
+    assert (boot.low, boot.high) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
+    # and the textbook normal interval of a mean agrees within bootstrap noise
+    normal = 1.96 * values.std().item() / math.sqrt(400)
+    assert boot.half_width == pytest.approx(normal, rel=0.15)
+    assert boot.mean == pytest.approx(float(values.mean()))
+
+
+def test_clutter_scenes_occlude_in_depth_order_and_fit_the_tokenizer():
+    from smoothed_energy_guidance.toy import clutter
+
+    a, scenes = clutter.make_batch(np.random.default_rng(3), 6)
+    b, _ = clutter.make_batch(np.random.default_rng(3), 6)
+    assert np.array_equal(a, b) and a.shape == (6, 3, 64, 64)
+    rng = np.random.default_rng(0)
+    many = [clutter.random_scene(rng) for _ in range(500)]
+    assert max(len(s.caption) for s in many) <= 75  # the byte tokenizer reads 77 tokens with start / end
+    assert {len(s.things) for s in many} == {2, 3}
+    front = clutter.Thing("red", "square", "plain", x=0.5, base=0.85, radius=0.2)
+    behind = clutter.Thing("cyan", "square", "plain", x=0.5, base=0.8, radius=0.2)
+    scene = clutter.ClutterScene("night", "sand", 0.4, (behind, front), texture_seed=1)
+    image = clutter.render(scene)
+    assert tuple(image[int(0.65 * 64), 32]) == clutter.COLOURS["red"], "the front object hides the one behind"
+    assert tuple(image[int(0.47 * 64), 32]) == clutter.COLOURS["cyan"], "the back object shows above it"
+    assert scene.caption == "2 shapes, front plain red square center, sand ground, night sky"
+    assert scene.labels()["count"] == 0 and scene.labels()["position"] == 1
+
+
+@pytest.mark.parametrize("name", ["seg-toy", "seg-clutter"])
+def test_bundled_testbeds_load_and_sample_offline(name):
+    from smoothed_energy_guidance.pipelines import load_base_pipeline
+    from smoothed_energy_guidance.toy.features import SceneFeatures
+    from smoothed_energy_guidance.toy.testbeds import testbed
+
+    bed = testbed(name)
+    pipe = load_base_pipeline(name)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(0)
+    size = bed.size
+    image = pipe("", num_inference_steps=3, height=size, width=size, output_type="pt", generator=generator).images
+    assert image.shape == (1, 3, size, size) and torch.isfinite(image).all()
+    assert pipe.unet.config.sample_size == size // 2
+    network = SceneFeatures.load(bed.features_file, bed)
+    assert network.features(image * 2 - 1).shape == (1, 64)

@@ -104,12 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
     ui.add_argument("--share", action="store_true", help="also open a public Gradio sharing link (off by default)")
     ui.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    evaluate = commands.add_parser("eval", help="quality of SEG on the bundled model: FD, precision/recall, adherence")
-    evaluate.add_argument("--samples", type=int, default=256, help="images per setting (default 256)")
+    evaluate = commands.add_parser(
+        "eval", help="quality sweep on a bundled testbed: FD, precision/recall, adherence with 95%% intervals"
+    )
+    evaluate.add_argument("--testbed", default=TOY_MODEL, help="bundled testbed: seg-toy or seg-clutter")
+    evaluate.add_argument("--model-dir", type=Path, default=None, help="a testbed model folder (default: bundled)")
+    evaluate.add_argument("--samples", type=int, default=128, help="images per seed and setting (default 128)")
+    evaluate.add_argument("--seeds", type=int, default=3, help="number of seeds, at least 2 (default 3)")
+    evaluate.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     evaluate.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--model-dir", type=Path, default=None, help="a toy model folder (default: bundled)")
-    evaluate.add_argument("--out", type=Path, default=Path("benchmarks/QUALITY.md"), help="where the table goes")
+    evaluate.add_argument("--scales", type=_float_list, default=None, help="SEG scales (default 0.5,1,2,3,5)")
+    evaluate.add_argument("--sigmas", type=_float_list, default=None, help="SEG blur σ values (default 1,4,16,inf)")
+    evaluate.add_argument("--pag-scales", type=_float_list, default=None, help="PAG scales (default 1,3)")
+    evaluate.add_argument("--cfg", type=float, default=None, help="CFG scale of the conditional runs (default 5)")
+    evaluate.add_argument("--combined-scale", type=float, default=None, help="SEG / PAG scale with CFG (default 3)")
+    evaluate.add_argument("--resamples", type=int, default=200, help="bootstrap resamples (default 200)")
+    evaluate.add_argument("--out", type=Path, default=Path("benchmarks"), help="folder for QUALITY.md, JSON, plots")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.add_argument("--model", help="a real model: compute FID and CLIP score on --prompts and --reference")
     evaluate.add_argument("--prompts", type=Path, help="a .txt file, one prompt per line (with --model)")
@@ -241,26 +251,40 @@ def cmd_eval_real(args: argparse.Namespace) -> int:
     return 0
 
 
+def _float_list(text: str) -> tuple[float, ...]:
+    """'0.5,1,inf' → (0.5, 1.0, inf)."""
+    return tuple(parse_sigma(part) for part in text.split(",") if part.strip())
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.model:
         return cmd_eval_real(args)
-    from ..toy.evaluate import evaluate, quality_table, time_grid
-    from ..toy.model import MODEL_DIR, features_file
+    import dataclasses
+    import shlex
 
-    model_dir = args.model_dir or MODEL_DIR
+    from ..toy.evaluate import SweepPlan, evaluate
+    from ..toy.report import sweep_markdown, write_reports
+    from ..toy.testbeds import testbed
+
+    bed = testbed(args.testbed)
+    model_dir = args.model_dir or bed.model_dir
+    given = {"scales": args.scales, "sigmas": args.sigmas, "pag_scales": args.pag_scales, "cfg": args.cfg}
+    given["combined_scale"] = args.combined_scale
+    plan = dataclasses.replace(SweepPlan(), **{k: v for k, v in given.items() if v is not None})
     results = evaluate(
         model_dir,
-        features_file(model_dir),
-        args.samples,
-        args.steps,
-        args.seed,
+        model_dir.parent / f"{bed.name}-features.safetensors",
+        samples=args.samples,
+        steps=args.steps,
+        seeds=range(args.seed, args.seed + args.seeds),
+        plan=plan,
+        resamples=args.resamples,
         progress=not args.quiet,
     )
-    table = quality_table(results, args.samples, args.steps, time_grid(model_dir))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table, encoding="utf-8")
-    print(table)
-    print(f"written to {args.out}")
+    command = "seg " + shlex.join(str(part) for part in args.argv)
+    written = write_reports(results, args.out, command)
+    print(sweep_markdown(results, command))
+    print("written: " + ", ".join(str(path) for path in written))
     return 0
 
 
@@ -294,7 +318,9 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``seg`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded beside results (seg eval)
     # the loaders pass torch_dtype on purpose (older diffusers lack its new name); nothing to act on
     warnings.filterwarnings("ignore", message=r".*`torch_dtype` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"The `local_dir_use_symlinks` argument is deprecated")

@@ -30,6 +30,7 @@ from .enable import SUPPORTED_FAMILIES, enable_seg, from_pipe
 from .guider import SmoothedEnergyGuidance, guider_families
 from .kolors import KolorsSEGImg2ImgPipeline, KolorsSEGPipeline
 from .loading import (
+    BUNDLED_MODELS,
     DEFAULT_MODEL,
     FAMILY_TASKS,
     SCHEDULERS,
@@ -114,6 +115,7 @@ __all__ = [
     "TINY_RANDOM",
     "TOY_MODEL",
     "TOY_MODEL_DIR",
+    "BUNDLED_MODELS",
     "ModelLoadError",
     "StableDiffusionXLControlNetSEGPipeline",
     "StableDiffusionXLSEGControlNetPipeline",

@@ -26,7 +26,10 @@ from .enable import SUPPORTED_FAMILIES
 TINY_RANDOM = "tiny-random"
 #: The project's own small trained model (procedural scenes, 32×32), shipped with the package.
 TOY_MODEL = "seg-toy"
-TOY_MODEL_DIR = Path(__file__).resolve().parents[1] / "toy" / "weights" / "seg-toy"
+_WEIGHTS = Path(__file__).resolve().parents[1] / "toy" / "weights"
+TOY_MODEL_DIR = _WEIGHTS / TOY_MODEL
+#: Every trained model shipped with the package (SDXL layout): the toy and the harder 64×64 testbed.
+BUNDLED_MODELS = {TOY_MODEL: TOY_MODEL_DIR, "seg-clutter": _WEIGHTS / "seg-clutter"}
 #: Tiny random models of every family, for offline checks: name → family.
 TINY_MODELS = {TINY_RANDOM: "sdxl", "tiny-random-sd": "sd", "tiny-random-sd3": "sd3", "tiny-random-flux": "flux"}
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -134,7 +137,7 @@ def detect_family(model: str) -> str:
     """The family of a model given as tiny name, folder, single file or hub id, read from the model."""
     if model in TINY_MODELS:
         return TINY_MODELS[model]
-    if model == TOY_MODEL:
+    if model in BUNDLED_MODELS:
         return "sdxl"
     path = Path(model).expanduser()
     if path.is_dir():
@@ -350,13 +353,14 @@ def load_base_pipeline(
     family = detect_family(model)
     cls = FAMILY_TASKS[family][base_task(family)]
     use_safetensors = None if allow_pickle else True
-    if model == TOY_MODEL:
-        if not (TOY_MODEL_DIR / "model_index.json").exists():
+    if model in BUNDLED_MODELS:
+        folder = BUNDLED_MODELS[model]
+        if not (folder / "model_index.json").exists():
             raise ModelLoadError(
-                f"The bundled model's weights are missing from {TOY_MODEL_DIR}; "
-                "run `python scripts/train_toy_model.py` to train them."
+                f"The bundled model's weights are missing from {folder}; "
+                f"run `python scripts/train_toy_model.py --testbed {model}` to train them."
             )
-        return cls.from_pretrained(TOY_MODEL_DIR, torch_dtype=dtype)
+        return cls.from_pretrained(folder, torch_dtype=dtype)
     if model in TINY_MODELS:
         from . import tiny
 

@@ -1,14 +1,16 @@
-"""Quality of SEG on the toy domain: Fréchet distance and precision / recall in the feature space
-of the scene network, and caption adherence read by its attribute heads.
+"""Quality of SEG on a trained testbed: Fréchet distance and precision / recall in the feature space
+of the testbed's scene network, and caption adherence read by its attribute heads.
 
-Unconditional (empty prompt) and conditional (captions of fresh scenes) samples, fixed seeds,
-several settings: vanilla, CFG, PAG (diffusers' PAG pipeline), SEG at σ = 1, 4, 16, ∞, CFG + SEG.
+A sweep (:class:`SweepPlan`) measures, unconditionally, vanilla sampling, PAG (diffusers' PAG pipeline)
+and SEG over scales × blur σ, and conditionally CFG alone and combined with SEG or PAG; every metric is
+measured on several seeds and reported with 95 % intervals (:mod:`.statistics`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .features import SceneFeatures
-from .scenes import ATTRIBUTES, Scene, make_batch, random_scene
+from .statistics import Interval, bootstrap_interval, seed_interval
+
+
+def sigma_label(sigma: float) -> str:
+    return "∞" if math.isinf(sigma) else f"{sigma:g}"
 
 
 @dataclass(frozen=True)
@@ -28,19 +34,51 @@ class Setting:
     sigma: float = math.inf
     pag_scale: float = 0.0
 
+    @property
+    def method(self) -> str:
+        """What the setting adds to plain sampling: vanilla, CFG, SEG, PAG, CFG + SEG or CFG + PAG."""
+        extra = "SEG" if self.seg_scale else "PAG" if self.pag_scale else ""
+        guidance = " + ".join(part for part in ("CFG" if self.cfg > 1 else "", extra) if part)
+        return guidance or "vanilla"
 
-UNCONDITIONAL = [
-    Setting("vanilla"),
-    Setting("PAG (scale 3)", pag_scale=3.0),
-    *(Setting(f"SEG σ={'∞' if math.isinf(s) else int(s)}", seg_scale=3.0, sigma=s) for s in (1, 4, 16, math.inf)),
-]
-CONDITIONAL = [
-    Setting("vanilla"),
-    Setting("CFG 5", cfg=5.0),
-    Setting("PAG (scale 3)", pag_scale=3.0),
-    *(Setting(f"SEG σ={'∞' if math.isinf(s) else int(s)}", seg_scale=3.0, sigma=s) for s in (1, 4, 16, math.inf)),
-    Setting("CFG 5 + SEG σ=∞", cfg=5.0, seg_scale=3.0),
-]
+
+def seg_setting(scale: float, sigma: float, cfg: float = 1.0) -> Setting:
+    prefix = f"CFG {cfg:g} + " if cfg > 1 else ""
+    return Setting(f"{prefix}SEG {scale:g} σ={sigma_label(sigma)}", cfg=cfg, seg_scale=scale, sigma=sigma)
+
+
+def pag_setting(scale: float, cfg: float = 1.0) -> Setting:
+    prefix = f"CFG {cfg:g} + " if cfg > 1 else ""
+    return Setting(f"{prefix}PAG {scale:g}", cfg=cfg, pag_scale=scale)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """The settings a sweep measures.
+
+    Unconditional (empty prompt): vanilla, PAG at each of ``pag_scales``, SEG at every ``scales`` × ``sigmas``.
+    Conditional (captions of fresh scenes): vanilla, CFG, CFG + SEG at ``combined_scale`` for every σ, and
+    CFG + PAG at ``combined_scale``.
+    """
+
+    scales: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 5.0)
+    sigmas: tuple[float, ...] = (1.0, 4.0, 16.0, math.inf)
+    pag_scales: tuple[float, ...] = (1.0, 3.0)
+    cfg: float = 5.0
+    combined_scale: float = 3.0
+
+    def unconditional(self) -> list[Setting]:
+        seg = [seg_setting(scale, sigma) for sigma in self.sigmas for scale in self.scales]
+        return [Setting("vanilla"), *(pag_setting(scale) for scale in self.pag_scales), *seg]
+
+    def conditional(self) -> list[Setting]:
+        combined = [seg_setting(self.combined_scale, sigma, self.cfg) for sigma in self.sigmas]
+        return [
+            Setting("vanilla"),
+            Setting(f"CFG {self.cfg:g}", cfg=self.cfg),
+            *combined,
+            pag_setting(self.combined_scale, self.cfg),
+        ]
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -54,37 +92,43 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((mu_a - mu_b).pow(2).sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * middle)
 
 
+def coverage(reference: torch.Tensor, queries: torch.Tensor, k: int = 5) -> float:
+    """Share of ``queries`` inside some k-NN ball of ``reference`` (radius: distance to the k-th neighbour)."""
+    radii = torch.cdist(reference, reference).kthvalue(k + 1, dim=1).values
+    return float((torch.cdist(queries, reference) <= radii[None]).any(dim=1).float().mean())
+
+
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> tuple[float, float]:
     """Improved precision / recall (Kynkäänniemi et al. 2019): k-NN balls around each set."""
-
-    def coverage(reference: torch.Tensor, queries: torch.Tensor) -> float:
-        radii = torch.cdist(reference, reference).kthvalue(k + 1, dim=1).values
-        return float((torch.cdist(queries, reference) <= radii[None]).any(dim=1).float().mean())
-
-    return coverage(real, fake), coverage(fake, real)
+    return coverage(real, fake, k), coverage(fake, real, k)
 
 
-def adherence(heads: dict[str, torch.Tensor], scenes: list[Scene]) -> tuple[float, float]:
-    """Mean per-attribute accuracy and the share of images with every attribute right."""
-    correct = torch.stack(
-        [heads[name].argmax(1) == torch.tensor([s.labels()[name] for s in scenes]) for name in ATTRIBUTES]
+def attribute_hits(heads: dict[str, torch.Tensor], scenes: list[Any]) -> torch.Tensor:
+    """(images, attributes) booleans: which caption attributes the heads read back from each image."""
+    return torch.stack(
+        [heads[name].argmax(1) == torch.tensor([s.labels()[name] for s in scenes]) for name in heads], dim=1
     )
-    return float(correct.float().mean()), float(correct.all(0).float().mean())
 
 
-def sample(pipe: Any, pag: Any, setting: Setting, prompts: list[str], steps: int, seed: int, batch: int):
-    """Images (N, 3, 32, 32) in [-1, 1] for ``prompts`` under ``setting``."""
+def adherence(heads: dict[str, torch.Tensor], scenes: list[Any]) -> tuple[float, float]:
+    """Mean per-attribute accuracy and the share of images with every attribute right."""
+    hits = attribute_hits(heads, scenes)
+    return float(hits.float().mean()), float(hits.all(1).float().mean())
+
+
+def sample(pipe: Any, pag: Any, setting: Setting, prompts: list[str], steps: int, seed: int, batch: int, size: int):
+    """Images (N, 3, size, size) in [-1, 1] for ``prompts`` under ``setting``."""
     images = []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start : start + batch]
-        generator = torch.Generator().manual_seed(seed + start)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
         common = dict(
             prompt=chunk,
             num_inference_steps=steps,
             guidance_scale=setting.cfg,
             generator=generator,
-            height=32,
-            width=32,
+            height=size,
+            width=size,
             output_type="pt",
         )
         if setting.pag_scale:
@@ -95,52 +139,117 @@ def sample(pipe: Any, pag: Any, setting: Setting, prompts: list[str], steps: int
     return torch.cat(images)
 
 
+def _interval_dict(interval: Interval) -> dict[str, float]:
+    return {"mean": interval.mean, "low": interval.low, "high": interval.high}
+
+
+def summarize(per_seed: dict[str, list[float]], bootstrapped: dict[str, Interval]) -> dict[str, Any]:
+    """Seed intervals of every metric, plus the bootstrap intervals given."""
+    summary: dict[str, Any] = {"per_seed": per_seed}
+    for metric, values in per_seed.items():
+        summary[metric] = _interval_dict(seed_interval(values))
+    for metric, interval in bootstrapped.items():
+        summary[f"{metric}_bootstrap"] = _interval_dict(interval)
+    return summary
+
+
+@dataclass
+class _Seeded:
+    """What one seed of a sweep compares against: real features, and captions for conditional runs."""
+
+    seed: int
+    real: torch.Tensor
+    scenes: list[Any]
+
+
 def evaluate(
     model_dir: Path,
     features_file: Path,
-    samples: int = 256,
+    samples: int = 128,
     steps: int = 20,
-    seed: int = 0,
+    seeds: Sequence[int] = (0, 1, 2),
+    plan: SweepPlan = SweepPlan(),
     batch: int = 64,
+    resamples: int = 200,
     progress: bool = True,
-) -> dict[str, list[dict[str, Any]]]:
-    """Every metric for every setting, unconditional and conditional."""
+) -> dict[str, Any]:
+    """Every metric for every setting of ``plan``, per seed, with 95 % intervals over seeds and bootstrap ones.
+
+    Each seed draws its own noise, its own held-out real scenes (the FD / precision / recall reference,
+    as many as ``samples``) and its own captions; FD, precision and attribute accuracy are also
+    bootstrapped over the images of all seeds pooled. Recall is not bootstrapped: duplicated images in a
+    resample shrink the k-NN radii it is built on.
+    """
     from diffusers import StableDiffusionXLPAGPipeline
 
     from ..pipelines import StableDiffusionXLSEGPipeline
+    from .testbeds import testbed_of
 
+    if len(seeds) < 2:
+        raise ValueError("The sweep needs at least two seeds for its intervals (three or more recommended).")
+    bed = testbed_of(model_dir)
     pipe = StableDiffusionXLSEGPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     pag = StableDiffusionXLPAGPipeline.from_pipe(pipe, pag_applied_layers=["mid"])
     pag.set_progress_bar_config(disable=True)
-    network = SceneFeatures.load(features_file)
-    rng = np.random.default_rng(seed + 1)
-    real_images, _ = make_batch(rng, samples)
-    with torch.no_grad():
-        real = network.features(torch.from_numpy(real_images))
-    scenes = [random_scene(rng) for _ in range(samples)]
-    runs = [("unconditional", UNCONDITIONAL, [""] * samples), ("conditional", CONDITIONAL, [s.caption for s in scenes])]
-    results: dict[str, list[dict[str, Any]]] = {}
-    total = sum(len(settings) for _, settings, _ in runs)
-    bar = tqdm(total=total, desc="settings", disable=not progress)
-    for kind, settings, prompts in runs:
+    network = SceneFeatures.load(features_file, bed)
+    seeded = []
+    for seed in seeds:
+        real_images, _ = bed.domain.make_batch(np.random.default_rng([seed, 3]), samples)
+        with torch.no_grad():
+            real = network.features(torch.from_numpy(real_images))
+        captions_rng = np.random.default_rng([seed, 2])
+        seeded.append(_Seeded(seed, real, [bed.domain.random_scene(captions_rng) for _ in range(samples)]))
+    pooled_real = torch.cat([s.real for s in seeded])
+    runs = [("unconditional", plan.unconditional()), ("conditional", plan.conditional())]
+    bar = tqdm(total=sum(len(settings) for _, settings in runs) * len(seeds), desc=bed.name, disable=not progress)
+    results: dict[str, Any] = {
+        "testbed": bed.name,
+        "samples": samples,
+        "steps": steps,
+        "seeds": list(seeds),
+        "resamples": resamples,
+        "plan": asdict(plan),
+    }
+    for kind, settings in runs:
         rows = []
         for setting in settings:
-            with torch.no_grad():
-                fake_images = sample(pipe, pag, setting, prompts, steps, seed, batch)
-                fake = network.features(fake_images)
-                heads = {name: head(fake) for name, head in network.heads.items()}
-            precision, recall = precision_recall(real, fake)
-            row = {
-                "setting": setting.name,
-                "fd": frechet_distance(real, fake),
-                "precision": precision,
-                "recall": recall,
+            per_seed: dict[str, list[float]] = {"fd": [], "precision": [], "recall": []}
+            fakes, hits = [], []
+            for run in seeded:
+                prompts = [s.caption for s in run.scenes] if kind == "conditional" else [""] * samples
+                with torch.no_grad():
+                    images = sample(pipe, pag, setting, prompts, steps, run.seed, batch, bed.size)
+                    fake = network.features(images)
+                    heads = {name: head(fake) for name, head in network.heads.items()}
+                fakes.append(fake)
+                per_seed["fd"].append(frechet_distance(run.real, fake))
+                precision, recall = precision_recall(run.real, fake)
+                per_seed["precision"].append(precision)
+                per_seed["recall"].append(recall)
+                if kind == "conditional":
+                    hit = attribute_hits(heads, run.scenes)
+                    hits.append(hit)
+                    per_seed.setdefault("attribute_accuracy", []).append(float(hit.float().mean()))
+                    per_seed.setdefault("all_correct", []).append(float(hit.all(1).float().mean()))
+                bar.update()
+            pooled = torch.cat(fakes)
+            bootstrapped = {
+                "fd": bootstrap_interval(lambda f: frechet_distance(pooled_real, f), pooled, resamples),
+                "precision": bootstrap_interval(lambda f: coverage(pooled_real, f), pooled, resamples),
             }
-            if kind == "conditional":
-                row["attribute_accuracy"], row["all_correct"] = adherence(heads, scenes)
-            rows.append(row)
-            bar.update()
+            if hits:
+                bootstrapped["attribute_accuracy"] = bootstrap_interval(
+                    lambda h: float(h.float().mean()), torch.cat(hits), resamples
+                )
+            rows.append(
+                {
+                    "setting": setting.name,
+                    **asdict(setting),
+                    "method": setting.method,
+                    **summarize(per_seed, bootstrapped),
+                }
+            )
         results[kind] = rows
     return results
 
@@ -150,60 +259,20 @@ def time_grid(model_dir: Path, steps: int = 25) -> float:
     import time
 
     from ..pipelines import StableDiffusionXLSEGPipeline
+    from .testbeds import testbed_of
 
+    bed = testbed_of(model_dir)
     pipe = StableDiffusionXLSEGPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    prompts = [random_scene(np.random.default_rng(i)).caption for i in range(8)]
+    prompts = [bed.domain.random_scene(np.random.default_rng(i)).caption for i in range(8)]
     started = time.perf_counter()
     pipe(
         prompt=prompts,
         num_inference_steps=steps,
         guidance_scale=5.0,
         seg_scale=3.0,
-        height=32,
-        width=32,
+        height=bed.size,
+        width=bed.size,
         generator=torch.Generator().manual_seed(0),
     )
     return time.perf_counter() - started
-
-
-def quality_table(
-    results: dict[str, list[dict[str, Any]]], samples: int, steps: int, grid_seconds: float | None = None
-) -> str:
-    """Markdown for benchmarks/QUALITY.md."""
-    lines = [
-        "# SEG quality on the toy model",
-        "",
-        f"`seg eval --samples {samples} --steps {steps}` on the bundled `seg-toy` model (procedural scenes, "
-        "32×32, trained by `scripts/train_toy_model.py`). Features and attribute heads come from the scene "
-        "network trained on the same domain; lower FD is better; precision / recall are the improved k-NN "
-        "measures (k = 5); adherence is the share of caption attributes (sky, ground, colour, shape, position) "
-        "that the heads read back from the image. SEG and PAG scale 3, SEG layers `mid`, fixed seeds. "
-        "Whatever the numbers say is reported as measured.",
-        "",
-        "## Unconditional (empty prompt)",
-        "",
-        "| setting | FD ↓ | precision ↑ | recall ↑ |",
-        "|---|---|---|---|",
-    ]
-    for row in results["unconditional"]:
-        lines.append(f"| {row['setting']} | {row['fd']:.2f} | {row['precision']:.3f} | {row['recall']:.3f} |")
-    lines += [
-        "",
-        "## Conditional (captions of fresh scenes)",
-        "",
-        "| setting | FD ↓ | precision ↑ | recall ↑ | attribute accuracy ↑ | all attributes right ↑ |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in results["conditional"]:
-        lines.append(
-            f"| {row['setting']} | {row['fd']:.2f} | {row['precision']:.3f} | {row['recall']:.3f} | "
-            f"{row['attribute_accuracy']:.3f} | {row['all_correct']:.3f} |"
-        )
-    if grid_seconds is not None:
-        lines += [
-            "",
-            f"A 2×4 grid (8 images, 25 steps, CFG 5 + SEG) took {grid_seconds:.1f} s on "
-            f"{torch.get_num_threads()} CPU threads, model already loaded.",
-        ]
-    return "\n".join(lines) + "\n"

@@ -2,38 +2,33 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-from ..pipelines import TOY_MODEL_DIR
 from ..pipelines.tiny import TEXT_2_HIDDEN, TEXT_HIDDEN, _text_config, tiny_clip_tokenizer
+from .testbeds import Testbed
 
-MODEL_DIR = TOY_MODEL_DIR  # where `seg-toy` loads from
-TIME_IDS = (32.0, 32.0, 0.0, 0.0, 32.0, 32.0)  # SDXL size conditioning: 32×32, no crop
 SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 
-def features_file(model_dir: Path) -> Path:
-    """The scene-feature network trained and shipped beside a toy model folder."""
-    return model_dir.parent / "scene-features.safetensors"
+def time_ids(size: int) -> tuple[float, ...]:
+    """SDXL's size conditioning for ``size`` × ``size`` images, no crop."""
+    return (float(size), float(size), 0.0, 0.0, float(size), float(size))
 
 
-def toy_unet() -> UNet2DConditionModel:
+def toy_unet(bed: Testbed) -> UNet2DConditionModel:
     """SDXL's UNet layout: text_time conditioning, cross-attention at the half-resolution level and mid."""
     return UNet2DConditionModel(
-        sample_size=16,
+        sample_size=bed.size // 2,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(48, 96),
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(4, 4),
-        transformer_layers_per_block=(1, 2),
+        **bed.unet,
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
@@ -43,9 +38,10 @@ def toy_unet() -> UNet2DConditionModel:
     )
 
 
-def toy_vae() -> AutoencoderKL:
+def toy_vae(bed: Testbed) -> AutoencoderKL:
+    """A VAE that halves each side (one downsampling), four latent channels."""
     return AutoencoderKL(
-        block_out_channels=(32, 32),
+        block_out_channels=bed.vae_channels,
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 2,
@@ -53,17 +49,17 @@ def toy_vae() -> AutoencoderKL:
         latent_channels=4,
         layers_per_block=1,
         norm_num_groups=16,
-        sample_size=32,
+        sample_size=bed.size,
     )
 
 
-def toy_components(seed: int) -> dict[str, Any]:
+def toy_components(seed: int, bed: Testbed) -> dict[str, Any]:
     """Untrained components in the ``StableDiffusionXLPipeline`` layout."""
     torch.manual_seed(seed)
     tokenizer = tiny_clip_tokenizer()
     return {
-        "unet": toy_unet(),
-        "vae": toy_vae(),
+        "unet": toy_unet(bed),
+        "vae": toy_vae(bed),
         "text_encoder": CLIPTextModel(_text_config(len(tokenizer), TEXT_HIDDEN)),
         "text_encoder_2": CLIPTextModelWithProjection(_text_config(len(tokenizer), TEXT_2_HIDDEN)),
         "tokenizer": tokenizer,

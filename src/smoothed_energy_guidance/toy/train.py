@@ -1,8 +1,11 @@
-"""Train the toy model end to end: VAE, then text encoders + UNet with caption dropout, then the
-scene-feature network used by the quality evaluation. Deterministic for a fixed seed.
+"""Train a testbed end to end: VAE, then text encoders + UNet with caption dropout, then the
+scene-feature network used by the quality evaluation (on its own stream of scenes, held out from
+the denoiser's). Deterministic for a fixed seed.
 
-    python scripts/train_toy_model.py              # the shipped weights (about 30 minutes on 2 cores)
-    python scripts/train_toy_model.py --smoke      # one minute, for tests
+    python scripts/train_toy_model.py                         # seg-toy (about 35 minutes on 2 cores)
+    python scripts/train_toy_model.py --testbed seg-clutter   # the harder testbed (about an hour)
+    python scripts/train_toy_model.py --features-only         # retrain only the feature network
+    python scripts/train_toy_model.py --smoke --out DIR       # seconds, for tests
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .features import train_features
-from .model import MODEL_DIR, TIME_IDS, encode_captions, features_file, toy_components, training_noise_scheduler
-from .scenes import make_batch
+from .model import encode_captions, time_ids, toy_components, training_noise_scheduler
+from .testbeds import TESTBEDS, Testbed, testbed
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    testbed: str = "seg-toy"
     seed: int = 0
     vae_steps: int = 800
     unet_steps: int = 3500
@@ -32,23 +36,40 @@ class TrainConfig:
     vae_lr: float = 1e-3
     unet_lr: float = 5e-4
     caption_dropout: float = 0.15
-    out: Path = MODEL_DIR
+    out: Path | None = None  # default: the testbed's bundled folder
 
     @classmethod
-    def smoke(cls, out: Path) -> TrainConfig:
-        return cls(vae_steps=15, unet_steps=15, feature_steps=15, batch=8, out=out)
+    def shipped(cls, name: str, seed: int = 0, out: Path | None = None) -> TrainConfig:
+        """The configuration the bundled weights of testbed ``name`` were trained with."""
+        return cls(testbed=name, seed=seed, out=out, **testbed(name).training)
+
+    @classmethod
+    def smoke(cls, out: Path, name: str = "seg-toy") -> TrainConfig:
+        return cls(testbed=name, vae_steps=15, unet_steps=15, feature_steps=15, batch=8, out=out)
+
+    @property
+    def bed(self) -> Testbed:
+        return testbed(self.testbed)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.out or self.bed.model_dir
+
+    @property
+    def features_path(self) -> Path:
+        return self.model_dir.parent / f"{self.testbed}-features.safetensors"
 
 
-def _batches(rng: np.random.Generator, batch: int):
+def _batches(bed: Testbed, rng: np.random.Generator, batch: int):
     while True:
-        images, scenes = make_batch(rng, batch)
+        images, scenes = bed.domain.make_batch(rng, batch)
         yield torch.from_numpy(images), scenes
 
 
 def train_vae(vae, config: TrainConfig, rng: np.random.Generator, progress: bool) -> float:
     """Reconstruction + a small KL term; returns the latent scaling factor (1 / latent std)."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr)
-    batches = _batches(rng, config.batch)
+    batches = _batches(config.bed, rng, config.batch)
     for _ in tqdm(range(config.vae_steps), desc="vae", disable=not progress):
         images, _ = next(batches)
         posterior = vae.encode(images).latent_dist
@@ -58,7 +79,7 @@ def train_vae(vae, config: TrainConfig, rng: np.random.Generator, progress: bool
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        images, _ = make_batch(rng, 256)
+        images, _ = config.bed.domain.make_batch(rng, 256)
         latents = vae.encode(torch.from_numpy(images)).latent_dist.mean
     return float(1.0 / latents.std())
 
@@ -74,7 +95,7 @@ def train_denoiser(components, config: TrainConfig, rng: np.random.Generator, pr
     )
     noise_scheduler = training_noise_scheduler()
     scaling = vae.config.scaling_factor
-    batches = _batches(rng, config.batch)
+    batches = _batches(config.bed, rng, config.batch)
     generator = torch.Generator().manual_seed(config.seed)
     bar = tqdm(range(config.unet_steps), desc="unet", disable=not progress)
     for _ in bar:
@@ -86,9 +107,9 @@ def train_denoiser(components, config: TrainConfig, rng: np.random.Generator, pr
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(scenes),), generator=generator)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        time_ids = torch.tensor([TIME_IDS]).repeat(len(scenes), 1)
+        sizes = torch.tensor([time_ids(config.bed.size)]).repeat(len(scenes), 1)
         prediction = unet(
-            noisy, timesteps, prompt_embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}
+            noisy, timesteps, prompt_embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": sizes}
         ).sample
         loss = F.mse_loss(prediction, noise)
         optimizer.zero_grad(set_to_none=True)
@@ -99,13 +120,23 @@ def train_denoiser(components, config: TrainConfig, rng: np.random.Generator, pr
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
 
 
+def train_feature_network(config: TrainConfig, progress: bool = True) -> Path:
+    """The scene-feature network alone, from its own held-out stream of scenes (seed, 1)."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng([config.seed, 1])
+    features = train_features(config.bed, config.feature_steps, config.batch * 2, rng, progress)
+    config.model_dir.parent.mkdir(parents=True, exist_ok=True)
+    features.save(config.features_path)
+    return config.features_path
+
+
 def train(config: TrainConfig, progress: bool = True) -> Path:
     """Train everything and save the pipeline (fp16 safetensors) and the feature network."""
     from diffusers import StableDiffusionXLPipeline
 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    components = toy_components(config.seed)
+    components = toy_components(config.seed, config.bed)
     started = time.time()
     components["vae"].train()
     scaling = train_vae(components["vae"], config, rng, progress)
@@ -117,27 +148,32 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     for name in ("unet", "text_encoder", "text_encoder_2"):
         components[name].eval()
     pipe = StableDiffusionXLPipeline(**components, force_zeros_for_empty_prompt=False)
-    config.out.mkdir(parents=True, exist_ok=True)
-    pipe.to(torch.float16).save_pretrained(config.out, safe_serialization=True)
-    features = train_features(config.feature_steps, config.batch * 2, rng, progress)
-    features.save(features_file(config.out))
+    out = config.model_dir
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    train_feature_network(config, progress)
     minutes = (time.time() - started) / 60
-    (config.out.parent / "TRAINING.txt").write_text(
-        f"trained with {replace(config, out=Path(config.out.name))} in {minutes:.1f} minutes "
+    (out.parent / f"{config.testbed}-TRAINING.txt").write_text(
+        f"trained with {replace(config, out=Path(out.name))} in {minutes:.1f} minutes "
         f"on {torch.get_num_threads()} CPU threads\n",
         encoding="utf-8",
     )
-    return config.out
+    return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Train the toy SEG demo model.")
-    parser.add_argument("--smoke", action="store_true", help="a one-minute run (for tests)")
-    parser.add_argument("--out", type=Path, default=MODEL_DIR)
+    parser = argparse.ArgumentParser(description="Train a bundled SEG testbed model.")
+    parser.add_argument("--testbed", default="seg-toy", choices=list(TESTBEDS))
+    parser.add_argument("--smoke", action="store_true", help="a seconds-long run (for tests)")
+    parser.add_argument("--features-only", action="store_true", help="retrain only the scene-feature network")
+    parser.add_argument("--out", type=Path, default=None, help="model folder (default: the bundled one)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    config = TrainConfig.smoke(args.out) if args.smoke else TrainConfig(seed=args.seed, out=args.out)
-    print(train(config))
+    if args.smoke:
+        config = TrainConfig.smoke(args.out or Path(f"{args.testbed}-smoke"), args.testbed)
+    else:
+        config = TrainConfig.shipped(args.testbed, args.seed, args.out)
+    print(train_feature_network(config) if args.features_only else train(config))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""The project's trained testbeds: one entry per bundled model, naming its domain, sizes and training budget.
+
+``seg-toy`` (32 × 32 scenes: sky, ground, one object) is the quick demo; ``seg-clutter`` (64 × 64,
+textures, two or three occluding objects) is hard enough that unguided samples are visibly poor, which
+is where the paper says SEG helps. Both use SDXL's pipeline layout, so every SEG code path runs on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ..pipelines import BUNDLED_MODELS
+from . import clutter, scenes
+
+
+@dataclass(frozen=True)
+class Testbed:
+    name: str
+    domain: ModuleType  # SIZE, ATTRIBUTES, random_scene, render, make_batch
+    unet: dict[str, Any]  # UNet2DConditionModel arguments beyond the shared SDXL layout
+    vae_channels: tuple[int, int]
+    training: dict[str, Any] = field(default_factory=dict)  # TrainConfig defaults for the shipped weights
+
+    @property
+    def size(self) -> int:
+        return self.domain.SIZE
+
+    @property
+    def model_dir(self) -> Path:
+        return BUNDLED_MODELS[self.name]
+
+    @property
+    def features_file(self) -> Path:
+        """The scene-feature network shipped beside the model, trained on held-out scenes."""
+        return self.model_dir.parent / f"{self.name}-features.safetensors"
+
+
+TESTBEDS = {
+    "seg-toy": Testbed(
+        "seg-toy",
+        scenes,
+        unet=dict(block_out_channels=(48, 96), attention_head_dim=(4, 4), transformer_layers_per_block=(1, 2)),
+        vae_channels=(32, 32),
+        training=dict(vae_steps=800, unet_steps=3500, feature_steps=800, batch=32),
+    ),
+    "seg-clutter": Testbed(
+        "seg-clutter",
+        clutter,
+        # SEG's default layer (mid) sees the 16 × 16 grid of the 32 × 32 latent
+        unet=dict(block_out_channels=(64, 128), attention_head_dim=(8, 8), transformer_layers_per_block=(1, 1)),
+        vae_channels=(32, 48),
+        training=dict(vae_steps=500, unet_steps=2400, feature_steps=800, batch=16),
+    ),
+}
+
+
+def testbed(name: str) -> Testbed:
+    try:
+        return TESTBEDS[name]
+    except KeyError:
+        raise ValueError(f"Unknown testbed {name!r}; choose one of {', '.join(TESTBEDS)}.") from None
+
+
+def testbed_of(model_dir: Path) -> Testbed:
+    """The testbed a trained model folder belongs to, read from its sample size."""
+    import json
+
+    config = json.loads((Path(model_dir) / "vae" / "config.json").read_text(encoding="utf-8"))
+    for bed in TESTBEDS.values():
+        if bed.size == config["sample_size"]:
+            return bed
+    raise ValueError(f"{model_dir} is not a model of any testbed ({', '.join(TESTBEDS)}).")

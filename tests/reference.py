@@ -184,3 +184,80 @@ def reference_seg(
         del unet.forward
         for handle in grid_hooks:
             handle.remove()
+
+
+class ReferenceFramesSegProcessor(ReferenceSegProcessor):
+    """Self-attention from scratch over frames-as-batch rows (AnimateDiff): each perturbed sample's frames
+    are gathered and their queries blurred by the dense (t·h·w)² video matrix."""
+
+    def __init__(self, grid_cell: dict, sigma: float, temporal_sigma: float, frames: int, first_perturbed_row: int):
+        super().__init__(grid_cell, sigma, slice(first_perturbed_row, None))
+        self.temporal_sigma, self.frames = temporal_sigma, frames
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        batch, tokens, _ = hidden_states.shape
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        height, width = self.grid_cell["hw"]
+        assert height * width == tokens
+        matrix = reference_video_blur_matrix(self.sigma, self.temporal_sigma, self.frames, height, width)
+        mine = q[self.perturbed]
+        clips = mine.reshape(-1, self.frames * tokens, mine.shape[-1]).double()
+        blurred = torch.einsum("nm,bmc->bnc", matrix, clips).to(q.dtype).reshape(mine.shape)
+        q = torch.cat([q[: self.perturbed.start], blurred])
+        heads = attn.heads
+        head_dim = q.shape[-1] // heads
+
+        def split(x):
+            return x.view(batch, -1, heads, head_dim).transpose(1, 2)
+
+        q, k, v = split(q), split(k), split(v)
+        weights = torch.softmax(q @ k.transpose(-1, -2) * (head_dim**-0.5), dim=-1)
+        out = (weights @ v).transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+@contextlib.contextmanager
+def reference_seg_motion_unet(unet, layer_names, sigma, temporal_sigma, seg_scale, guidance_scale, cfg):
+    """Patch a UNetMotionModel's forward so an AnimateDiff pipeline computes SEG by the definition.
+
+    The perturbed samples are copies of the cond samples (their per-frame text rows included), run in one
+    batch with the host's; the chosen spatial self-attentions use :class:`ReferenceFramesSegProcessor`.
+    """
+    from diffusers.models.unets.unet_motion_model import UNetMotionOutput
+
+    modules = dict(unet.named_modules())
+    original_forward = unet.forward
+    cells, handles = {}, []
+    for name in layer_names:
+        parent = name.split(".transformer_blocks")[0]
+        cell = cells.setdefault(parent, {})
+
+        def record(module, args, kwargs, cell=cell):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            cell["hw"] = tuple(hidden.shape[-2:])
+
+        handles.append(modules[parent].register_forward_pre_hook(record, with_kwargs=True))
+
+    def forward(sample, timestep, encoder_hidden_states=None, **kwargs):
+        rows, frames = sample.shape[0], sample.shape[2]
+        per = rows // 2 if cfg else rows
+        cond = slice(rows - per, rows)
+        text = torch.cat([encoder_hidden_states, encoder_hidden_states[cond.start * frames : cond.stop * frames]])
+        saved = {name: modules[name].processor for name in layer_names}
+        for name in layer_names:
+            cell = cells[name.split(".transformer_blocks")[0]]
+            modules[name].processor = ReferenceFramesSegProcessor(cell, sigma, temporal_sigma, frames, rows * frames)
+        try:
+            noise = original_forward(torch.cat([sample, sample[cond]]), timestep, text, **kwargs).sample
+        finally:
+            for name, processor in saved.items():
+                modules[name].processor = processor
+        return UNetMotionOutput(sample=reference_combine(noise, cfg, guidance_scale, seg_scale, 0.0))
+
+    unet.forward = forward
+    try:
+        yield
+    finally:
+        del unet.forward
+        for handle in handles:
+            handle.remove()

@@ -52,23 +52,35 @@ def test_seg_generate_writes_an_mp4_and_webp_with_settings(tmp_path):
 
     sweep = seg(
         "sweep",
-        "--model",
-        model,
-        "--prompt",
-        "a cube",
-        "--steps",
-        "1",
-        "--width",
-        "96",
-        "--height",
-        "64",
-        "--x",
-        "blur-sigma=1,2",
-        "--device",
-        "cpu",
-        "--quiet",
-        "--out",
-        tmp_path / "sweep",
+        *("--model", model, "--prompt", "a cube", "--steps", "1", "--width", "96", "--height", "64"),
+        *("--frames", "5", "--x", "blur-sigma=1,inf", "--y", "temporal-sigma=0,inf"),
+        *("--device", "cpu", "--quiet", "--out", tmp_path / "sweep"),
     )
-    assert sweep.returncode != 0
-    assert "is a video model: `seg generate` writes its videos" in sweep.stderr
+    assert sweep.returncode == 0, sweep.stderr
+    grid = sweep.stdout.split()[0]
+    assert grid.endswith("grid.mp4")
+    with av.open(grid) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        record = json.loads(container.metadata["comment"])
+    assert record["sweep"] == {
+        "x": "blur-sigma",
+        "x_values": ["1", "inf"],
+        "y": "temporal-sigma",
+        "y_values": ["0", "inf"],
+        "baselines": [],
+    }
+    assert len(frames) == 5
+    label_band = frames[0][:20]
+    assert (label_band > 200).mean() > 0.8 and (label_band < 80).any(), "a white band with dark label text"
+    height, width = frames[0].shape[:2]
+    assert height >= 22 + 2 * 64 and width >= 2 * 96  # labels on top and at left of a 2 × 2 grid
+    with Image.open(grid.replace(".mp4", ".webp")) as preview:
+        assert preview.n_frames == 5
+    cells = sorted((tmp_path / "sweep" / "sweep" / "cells").glob("*.mp4"))
+    assert len(cells) == 4 and len(list(cells[0].parent.glob("*.webp"))) == 4
+    clips = []
+    for cell in cells:
+        with av.open(str(cell)) as container:
+            clips.append([frame.to_ndarray(format="rgb24").astype(int) for frame in container.decode(video=0)])
+            assert json.loads(container.metadata["comment"])["settings"]["frames"] == 5
+    assert abs(clips[0][2] - clips[1][2]).mean() > 1, "the σ columns differ"

@@ -25,6 +25,8 @@ _EXPORTS = {
     "SmoothedEnergyGuidance": "pipelines",
     "StableDiffusionSEGPipeline": "pipelines",
     "MochiSEGPipeline": "pipelines",
+    "AnimateDiffSEGPipeline": "pipelines",
+    "AnimateDiffSEGVideoToVideoPipeline": "pipelines",
     "HunyuanVideoSEGPipeline": "pipelines",
     "LTXSEGPipeline": "pipelines",
     "LTXSEGImageToVideoPipeline": "pipelines",

@@ -85,13 +85,17 @@ class DenoiserInputs:
     # False when this call carries inputs the blocks consume in the denoiser's own loop (SD3 ControlNet
     # residuals): the perturbed rows then join at the input instead of forking after the shared prefix.
     shares_prefix: bool = True
+    # Frames a video UNet folds into its batch (AnimateDiff: row b·F + f is frame f of sample b); its
+    # spatial attentions see one frame per row, and SEG blurs over the (frames, h, w) grid of each sample.
+    frames: int = 1
 
 
 def unet_call_inputs(args: tuple, kwargs: dict) -> DenoiserInputs:
-    """UNet2DConditionModel.forward(sample, timestep, …)."""
+    """UNet2DConditionModel.forward(sample, timestep, …); a 5-D sample is (B, C, F, H, W) video (UNetMotionModel)."""
     sample = args[0] if args else kwargs["sample"]
     timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
-    return DenoiserInputs(sample.shape[0], tuple(sample.shape[-2:]), timestep)
+    frames = sample.shape[2] if sample.ndim == 5 else 1
+    return DenoiserInputs(sample.shape[0], tuple(sample.shape[-2:]), timestep, frames=frames)
 
 
 @dataclass(frozen=True)
@@ -105,10 +109,16 @@ class PerturbedCall:
     seg_scale: float
     text_tokens: int | None = None
     forked: bool = False  # the perturbed rows fork off at the first SEG block (else: joined at the input)
+    frames: int = 1  # frames folded into the batch inside the denoiser (see DenoiserInputs.frames)
 
     @property
     def perturbed(self) -> slice:
         return slice(self.host_rows, self.host_rows + self.group_rows)
+
+    @property
+    def perturbed_frame_rows(self) -> slice:
+        """The perturbed rows inside the denoiser, where each sample is ``frames`` rows."""
+        return slice(self.host_rows * self.frames, (self.host_rows + self.group_rows) * self.frames)
 
     @property
     def cond_rows(self) -> slice:
@@ -129,22 +139,28 @@ def layer_grid(latent_hw: tuple[int, ...], downsample: int) -> tuple[int, ...]:
     return height, width
 
 
-def append_cond_rows(value: Any, host_rows: int, cond_rows: slice, unbatched: frozenset[str] = frozenset()) -> Any:
+def append_cond_rows(
+    value: Any, host_rows: int, cond_rows: slice, unbatched: frozenset[str] = frozenset(), frames: int = 1
+) -> Any:
     """Copy the cond rows of every batch-shaped tensor in ``value`` onto its end (nested ok).
 
-    Dict entries named in ``unbatched`` (e.g. Flux's position ids) are left alone.
+    Dict entries named in ``unbatched`` (e.g. Flux's position ids) are left alone. With ``frames`` > 1,
+    tensors holding ``frames`` rows per sample (AnimateDiff's per-frame text embeddings and block
+    inputs) get the cond samples' frame rows.
     """
     if isinstance(value, torch.Tensor):
         if value.ndim >= 1 and value.shape[0] == host_rows:
             return torch.cat([value, value[cond_rows]])
+        if frames > 1 and value.ndim >= 1 and value.shape[0] == host_rows * frames:
+            return torch.cat([value, value[cond_rows.start * frames : cond_rows.stop * frames]])
         return value
     if isinstance(value, dict):
         return {
-            key: item if key in unbatched else append_cond_rows(item, host_rows, cond_rows, unbatched)
+            key: item if key in unbatched else append_cond_rows(item, host_rows, cond_rows, unbatched, frames)
             for key, item in value.items()
         }
     if isinstance(value, (list, tuple)):
-        return type(value)(append_cond_rows(item, host_rows, cond_rows, unbatched) for item in value)
+        return type(value)(append_cond_rows(item, host_rows, cond_rows, unbatched, frames) for item in value)
     return value
 
 
@@ -323,13 +339,20 @@ class SegHooks:
         seg_scale = self.config.scale * host.seg_scale_factor
         if self.in_place:
             state.call, state.reached = (
-                PerturbedCall(host, 0, host_rows, inputs.grid, seg_scale, inputs.text_tokens),
+                PerturbedCall(host, 0, host_rows, inputs.grid, seg_scale, inputs.text_tokens, frames=inputs.frames),
                 set(),
             )
             return None
         forked = self.fork is not None and inputs.shares_prefix
         call = PerturbedCall(
-            host, host_rows, host_rows // groups, inputs.grid, seg_scale, inputs.text_tokens, forked=forked
+            host,
+            host_rows,
+            host_rows // groups,
+            inputs.grid,
+            seg_scale,
+            inputs.text_tokens,
+            forked=forked,
+            frames=inputs.frames,
         )
         state.call = call
         state.reached = set()
@@ -339,8 +362,8 @@ class SegHooks:
 
     def _append_perturbed_rows(self, call: PerturbedCall, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         return (
-            append_cond_rows(args, call.host_rows, call.cond_rows, self.unbatched),
-            append_cond_rows(kwargs, call.host_rows, call.cond_rows, self.unbatched),
+            append_cond_rows(args, call.host_rows, call.cond_rows, self.unbatched, call.frames),
+            append_cond_rows(kwargs, call.host_rows, call.cond_rows, self.unbatched, call.frames),
         )
 
     def _widen_block_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -353,30 +376,44 @@ class SegHooks:
             call = state.call
             if call is None:
                 return None
-            if output.shape[0] != call.host_rows + call.group_rows:
+            expected = (call.host_rows + call.group_rows) * call.frames
+            if output.shape[0] != expected:
                 raise RuntimeError(
                     f"SEG layer {target.name} saw a batch of {output.shape[0]} rows, expected "
-                    f"{call.host_rows + call.group_rows}; is it a self-attention of this denoiser?"
+                    f"{expected}; is it a self-attention of this denoiser?"
                 )
             state.reached.add(target.name)
             grid = layer_grid(call.latent_hw, target.downsample)
-            rows = output[call.perturbed]
+            perturbed = call.perturbed_frame_rows
+            rows = output[perturbed]
             q_channels = output.shape[-1] // target.parts
-            q = self._blur_image_queries(rows[..., :q_channels], grid, target, call.text_tokens)
+            q = self._blur_image_queries(rows[..., :q_channels], grid, target, call.text_tokens, call.frames)
             rows = torch.cat([q, rows[..., q_channels:]], dim=-1) if target.parts > 1 else q
-            return torch.cat([output[: call.host_rows], rows])
+            return torch.cat([output[: perturbed.start], rows])
 
         return blur_perturbed_queries
 
     def _blur_image_queries(
-        self, q: torch.Tensor, grid: tuple[int, ...], target: QueryTarget, text_tokens: int | None = None
+        self,
+        q: torch.Tensor,
+        grid: tuple[int, ...],
+        target: QueryTarget,
+        text_tokens: int | None = None,
+        frames: int = 1,
     ) -> torch.Tensor:
-        """Blur the image tokens of perturbed queries laid out as ``target`` says; text tokens stay."""
+        """Blur the image tokens of perturbed queries laid out as ``target`` says; text tokens stay.
+
+        ``frames`` > 1: each sample's frames are consecutive rows; they are blurred as one (frames, h, w) grid.
+        """
         if target.token_dim == 2:  # (B, heads, N, head_dim) → (B, N, heads·head_dim)
             batch, heads, tokens, head_dim = q.shape
             flat = q.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
         else:
             flat = q.reshape(q.shape[0], q.shape[1], -1)
+        if frames > 1:  # (B·F, N, C) → (B, F·N, C): frame-major tokens, as blur_queries reads a (t, h, w) grid
+            per_frame = flat.shape
+            flat = flat.reshape(per_frame[0] // frames, frames * per_frame[1], per_frame[2])
+            grid = (frames, *grid)
         # The image's tokens follow the text tokens (all of them, or the known count when reference-image
         # tokens come after) or open the query; everything else passes unchanged.
         image_tokens = math.prod(grid)
@@ -396,6 +433,8 @@ class SegHooks:
         image = flat[:, start : start + image_tokens]
         blurred_image = blur_queries(image, grid, self.config.blur_sigma, self.config.temporal_sigma).to(q.dtype)
         blurred = torch.cat([flat[:, :start], blurred_image, flat[:, start + image_tokens :]], dim=1)
+        if frames > 1:
+            blurred = blurred.reshape(per_frame)
         if target.token_dim == 2:
             return blurred.reshape(batch, tokens, heads, head_dim).transpose(1, 2)
         return blurred.reshape(q.shape)

@@ -48,7 +48,8 @@ def unet_self_attention_inventory(module_names: Iterable[str]) -> AttentionInven
     """Group a UNet's ``*.attn1`` module names into down / mid / up parts, order kept."""
     parts: dict[str, list[str]] = {"down": [], "mid": [], "up": []}
     for name in module_names:
-        if not name.endswith(".attn1"):
+        # motion modules (AnimateDiff) attend along frames, not over the image grid
+        if not name.endswith(".attn1") or ".motion_modules." in name:
             continue
         part = PART_PREFIXES.get(name.split(".", 1)[0])
         if part is not None:

@@ -79,8 +79,8 @@ class PipelineCache:
         result = self.render_any(settings)
         if isinstance(result, list):
             raise ValueError(
-                f"{settings.model} is a video model: `seg generate` writes its videos (MP4 + WebP); batch, sweep, "
-                "demo and the UI handle image models only for now."
+                f"{settings.model} is a video model: `seg generate` and `seg sweep` write its videos (MP4 + WebP); "
+                "batch, demo and the UI handle image models only for now."
             )
         return result
 

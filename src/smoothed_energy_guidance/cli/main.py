@@ -183,7 +183,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _cache(args), _settings(args), x, y, parse_baselines(args.baselines), args.out, args.overwrite
     )
     print(grid)
-    print(f"{len(cells)} cells in {cells[0].parent}")
+    print(f"cells in {cells[0].parent} ({len(cells)} files)")
     return 0
 
 

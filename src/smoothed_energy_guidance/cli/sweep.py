@@ -1,4 +1,8 @@
-"""Comparison grids over one or two settings, with optional vanilla / PAG baseline columns."""
+"""Comparison grids over one or two settings, with optional vanilla / PAG baseline columns.
+
+On a video model every cell is a clip: the grid is one MP4 (+ WebP) whose frame f is the labelled grid of
+every cell's frame f, so the cells play in step.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..pipelines.loading import family_of_pipeline
 from .generate import PipelineCache, call_arguments
 from .grid import labelled_grid
 from .metadata import free_path, save_png
-from .settings import GenerationSettings, parse_layers, parse_sigma
+from .settings import GenerationSettings, parse_layers, parse_sigma, parse_temporal_sigma
 
 AXES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "blur-sigma": ("blur_sigma", parse_sigma),
@@ -26,6 +31,7 @@ AXES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "scheduler": ("scheduler", str),
     "seed": ("seed", int),
     "strength": ("strength", float),
+    "temporal-sigma": ("temporal_sigma", parse_temporal_sigma),
 }
 BASELINES = ("vanilla", "pag")
 
@@ -70,6 +76,8 @@ def _pag_image(pipe: Any, settings: GenerationSettings, pag_cache: dict) -> Imag
 
     if settings.task != "text2img":
         raise ValueError("The 'pag' baseline is available for text-to-image sweeps only.")
+    if family_of_pipeline(pipe) != "sdxl":
+        raise ValueError("The 'pag' baseline is available for SDXL-family models only.")
     key = id(pipe)
     if key not in pag_cache:
         pag_cache[key] = StableDiffusionXLPAGPipeline.from_pipe(
@@ -99,28 +107,48 @@ def run_sweep(
     out: Path,
     overwrite: bool = False,
 ) -> tuple[Path, list[Path]]:
-    """Generate every cell with one model load, save each cell and the labelled grid."""
+    """Generate every cell with one model load, save each cell and the labelled grid (a video model: MP4s)."""
     settings = settings.replace(num_images=1)
     cells = list(sweep_cells(settings, x, y, baselines))
     folder = free_path(out / "sweep", overwrite)
-    images: list[Image.Image] = []
+    results: list[Image.Image | list[Image.Image]] = []
     paths: list[Path] = []
     pag_cache: dict = {}
     for index, (row_label, column_label, cell, baseline) in enumerate(
-        tqdm(cells, desc="cells", unit="image", disable=not cache.progress)
+        tqdm(cells, desc="cells", unit="cell", disable=not cache.progress)
     ):
-        image = _pag_image(cache.pipeline(cell), cell, pag_cache) if baseline == "pag" else cache.render(cell)
-        images.append(image)
+        result = _pag_image(cache.pipeline(cell), cell, pag_cache) if baseline == "pag" else cache.render_any(cell)
+        results.append(result)
         extra = {"baseline": baseline} if baseline else {}
         name = f"{index:03d}-{(row_label + '-' if row_label else '')}{column_label}".replace("=", "_")
-        paths.append(save_png(image, folder / "cells" / f"{name}.png", cell, extra))
+        paths += _save_cell(result, folder / "cells" / name, cell, extra)
     columns = len(baselines) + len(x.values)
-    rows = [images[i : i + columns] for i in range(0, len(images), columns)]
     column_labels = [*baselines, *(f"{x.name}={label}" for label in x.labels)]
     row_labels = [f"{y.name}={label}" for label in y.labels] if y else []
-    grid = labelled_grid(rows, column_labels, row_labels)
     sweep = {"x": x.name, "x_values": list(x.labels), "baselines": list(baselines)}
     if y:
         sweep.update(y=y.name, y_values=list(y.labels))
-    grid_path = save_png(grid, folder / "grid.png", settings, {"sweep": sweep})
+
+    def grid_of(images: list[Image.Image]) -> Image.Image:
+        rows = [images[i : i + columns] for i in range(0, len(images), columns)]
+        return labelled_grid(rows, column_labels, row_labels)
+
+    if not isinstance(results[0], list):
+        return save_png(grid_of(results), folder / "grid.png", settings, {"sweep": sweep}), paths
+    from .video import save_video
+
+    frame_count = min(len(clip) for clip in results)  # every cell has the same frames unless `frames` is swept
+    frames = [grid_of([clip[f] for clip in results]) for f in range(frame_count)]
+    grid_path, _ = save_video(frames, folder / "grid.mp4", settings, {"sweep": sweep})
     return grid_path, paths
+
+
+def _save_cell(
+    result: Image.Image | list[Image.Image], stem: Path, settings: GenerationSettings, extra: dict
+) -> list[Path]:
+    """A cell as a PNG, or a video model's clip as MP4 + WebP; each carries its settings."""
+    if isinstance(result, list):
+        from .video import save_video
+
+        return save_video(result, stem.with_suffix(".mp4"), settings, extra)
+    return [save_png(result, stem.with_suffix(".png"), settings, extra)]

@@ -30,9 +30,13 @@ def _write_mp4(frames: list[Image.Image], path: Path, fps: int, comment: str) ->
         container.mux(stream.encode())
 
 
-def save_video(frames: list[Image.Image], path: Path, settings: GenerationSettings) -> list[Path]:
-    """Write ``path`` (MP4) and an animated WebP preview beside it, atomically; returns both paths."""
-    comment = settings_record(settings)
+def save_video(
+    frames: list[Image.Image], path: Path, settings: GenerationSettings, extra: dict | None = None
+) -> list[Path]:
+    """Write ``path`` (MP4) and an animated WebP preview beside it, atomically; returns both paths.
+
+    Both carry the settings record (with ``extra``, e.g. a sweep's axes)."""
+    comment = settings_record(settings, extra)
     preview = path.with_suffix(".webp")
     write_atomically(path, lambda temp: _write_mp4(frames, temp, settings.fps, comment))
     write_atomically(

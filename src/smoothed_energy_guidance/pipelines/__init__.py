@@ -1,5 +1,6 @@
 """Pipelines: the only layer that imports diffusers. Everything here is public API."""
 
+from .animatediff import AnimateDiffSEGPipeline, AnimateDiffSEGVideoToVideoPipeline
 from .dit import (
     ChromaSEGImg2ImgPipeline,
     ChromaSEGPipeline,
@@ -69,6 +70,8 @@ from .sdxl import (
 )
 
 __all__ = [
+    "AnimateDiffSEGPipeline",
+    "AnimateDiffSEGVideoToVideoPipeline",
     "MochiSEGPipeline",
     "HunyuanVideoSEGPipeline",
     "LTXSEGPipeline",

@@ -14,7 +14,8 @@ from .unet import enable_seg_unet
 
 SUPPORTED_FAMILIES = (
     "Stable Diffusion 1.x/2.x, Stable Diffusion XL, Kolors, Stable Diffusion 3/3.5, Flux.1 (with Fill and Kontext), "
-    "Chroma, Qwen-Image, PixArt-α/Σ, HunyuanDiT, Sana, and video: Wan, CogVideoX, LTX-Video, HunyuanVideo and Mochi"
+    "Chroma, Qwen-Image, PixArt-α/Σ, HunyuanDiT, Sana, and video: Wan, CogVideoX, LTX-Video, HunyuanVideo, Mochi "
+    "and AnimateDiff"
 )
 
 
@@ -90,8 +91,9 @@ def refuse_attention_guidance_pipelines(pipe: Any) -> None:
 
 
 def _is_conditional_unet(model: nn.Module) -> bool:
-    """A diffusers UNet2DConditionModel (or subclass): SD / SDXL and their fine-tunes."""
-    return any(cls.__name__ == "UNet2DConditionModel" for cls in type(model).__mro__)
+    """A diffusers UNet2DConditionModel (or subclass): SD / SDXL and their fine-tunes; or AnimateDiff's
+    UNetMotionModel, the same UNet with motion modules, frames folded into its batch."""
+    return any(cls.__name__ in ("UNet2DConditionModel", "UNetMotionModel") for cls in type(model).__mro__)
 
 
 def seg_pipeline_class(pipe: Any) -> type:

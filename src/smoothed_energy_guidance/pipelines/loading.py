@@ -19,7 +19,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from . import dit, kolors, sd, sdxl
+from . import animatediff, dit, kolors, sd, sdxl
 from .enable import SUPPORTED_FAMILIES
 
 #: Built-in offline model: a tiny SDXL-architecture pipeline with random weights.
@@ -77,6 +77,7 @@ FAMILY_TASKS: dict[str, dict[str, type]] = {
     "ltx-video": {"text2img": dit.LTXSEGPipeline, "img2img": dit.LTXSEGImageToVideoPipeline},
     "hunyuanvideo": {"text2img": dit.HunyuanVideoSEGPipeline},
     "mochi": {"text2img": dit.MochiSEGPipeline},
+    "animatediff": {"text2img": animatediff.AnimateDiffSEGPipeline},
 }
 TASK_CLASSES = FAMILY_TASKS["sdxl"]
 # single-file key markers, checked in this order
@@ -112,6 +113,8 @@ _CLASS_PREFIXES = (
     ("LTXPipeline", "ltx-video"),
     ("HunyuanVideoPipeline", "hunyuanvideo"),
     ("MochiPipeline", "mochi"),
+    ("AnimateDiffSDXL", None),
+    ("AnimateDiffPipeline", "animatediff"),
 )
 
 

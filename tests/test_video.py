@@ -392,3 +392,87 @@ def test_mochi_matches_the_dense_video_reference(sigma, temporal_sigma, cfg):
 
     names = ["transformer_blocks.1.attn1"]
     check_video(ours, host, call, names, GRID, sigma, temporal_sigma, cfg, token_dim=1)
+
+
+def test_modular_wan_denoise_matches_the_reference_guider():
+    """The modular Wan blocks take the same Wan descriptor through the guider route: the modular Wan
+    denoise (embeddings given instead of the text encoder step) against the independent reference guider."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.modular_pipelines import WanBlocks
+    from reference_guider import ReferenceSEGGuider
+
+    pipe = WanBlocks().sub_blocks["denoise"].init_pipeline()
+    pipe.update_components(transformer=wan_parts()["transformer"], scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(guider):
+        pipe.update_components(guider=guider)
+        seed = torch.Generator().manual_seed(0)
+        latents = torch.randn(1, 4, *GRID[:1], 8, 12, generator=seed)  # 4 latent channels (the blocks assume 16)
+        call = dict(CALL, num_inference_steps=2)
+        return pipe(**embeddings(), **call, latents=latents, generator=seed, output="latents")
+
+    def read_grid(args, kwargs):
+        latents = kwargs["hidden_states"]
+        return latents.shape[2], latents.shape[3] // 2, latents.shape[4] // 2  # (1, 2, 2) patches
+
+    ours = run(seg.SmoothedEnergyGuidance(guidance_scale=4.0, blur_sigma=1.0, temporal_sigma=math.inf))
+    reference = run(ReferenceSEGGuider(4.0, 3.0, 1.0, ["blocks.1.attn1"], read_grid, temporal_sigma=math.inf))
+    plain = run(seg.SmoothedEnergyGuidance(guidance_scale=4.0, scale=0.0))
+    assert ours.shape[2] == GRID[0]
+    assert (ours - reference).abs().max() <= TOLERANCE
+    assert (plain - reference).abs().max() > MIN_EFFECT
+
+
+def test_modular_hunyuan_video_15_denoise_matches_the_reference_guider():
+    """HunyuanVideo 1.5 is reached through its modular blocks only: one descriptor, the video queries from
+    ``norm_q`` (before the text joins them), blurred over (t, h, w) = (3, 4, 6); true CFG on."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideo15Transformer3DModel
+    from diffusers.modular_pipelines import HunyuanVideo15AutoBlocks
+    from reference_guider import ReferenceSEGGuider
+
+    torch.manual_seed(0)
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=9,  # latents, condition latents and mask
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=3,
+        num_refiner_layers=1,
+        text_embed_dim=16,
+        text_embed_2_dim=16,
+        image_embed_dim=16,
+        rope_axes_dim=(2, 4, 2),
+        target_size=64,
+    )
+    sharpen_transformer(transformer, 4.0)
+    pipe = HunyuanVideo15AutoBlocks().sub_blocks["denoise"].init_pipeline()
+    pipe.update_components(transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(1)
+    text = {}
+    for side in ("", "negative_"):
+        text[f"{side}prompt_embeds"], text[f"{side}prompt_embeds_mask"] = (
+            torch.randn(1, 5, 16, generator=g),
+            torch.ones(1, 5),
+        )
+        text[f"{side}prompt_embeds_2"], text[f"{side}prompt_embeds_mask_2"] = (
+            torch.randn(1, 3, 16, generator=g),
+            torch.ones(1, 3),
+        )
+
+    def run(guider):
+        pipe.update_components(guider=guider)
+        latents = torch.randn(1, 4, *GRID, generator=torch.Generator().manual_seed(0))
+        call = dict(height=64, width=96, num_frames=9, num_inference_steps=2)
+        return pipe(**text, **call, latents=latents, generator=torch.Generator().manual_seed(0), output="latents")
+
+    def read_grid(args, kwargs):
+        return tuple(kwargs["hidden_states"].shape[2:])  # patch size 1 in t, h and w
+
+    ours = run(seg.SmoothedEnergyGuidance(guidance_scale=4.0, blur_sigma=1.0, temporal_sigma=1.0))
+    reference = run(ReferenceSEGGuider(4.0, 3.0, 1.0, ["transformer_blocks.1.attn"], read_grid, temporal_sigma=1.0))
+    plain = run(seg.SmoothedEnergyGuidance(guidance_scale=4.0, scale=0.0))
+    assert ours.shape[2:] == GRID
+    assert (ours - reference).abs().max() <= TOLERANCE
+    assert (plain - reference).abs().max() > MIN_EFFECT

@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..pipelines.loading import family_of_pipeline
+from ..pipelines import family_of_pipeline
 from .generate import PipelineCache, call_arguments
 from .grid import labelled_grid
 from .metadata import free_path, save_png

@@ -396,6 +396,18 @@ MOCHI = TransformerFamily(
     attention_names=("attn1",),
     shares_prefix=False,
 )
+# HunyuanVideo 1.5: one stack of joint blocks; ``norm_q`` sees the video queries alone (B, N, heads, head_dim),
+# before the text queries join them. Reached through the guider (the modular HunyuanVideo 1.5 blocks).
+HUNYUAN_VIDEO_15 = TransformerFamily(
+    "HunyuanVideo 1.5",
+    "HunyuanVideo15Transformer3D",
+    (("blocks", "transformer_blocks"),),
+    1,
+    _latent_inputs(frame_axis=2),
+    frozenset(),
+    pipelines=False,
+    forks=False,  # the guider's perturbed pass is a call of its own (its image embeds are per prompt)
+)
 #: Every transformer family SEG knows, found by the denoiser's class name.
 TRANSFORMER_FAMILIES = (
     SD3,
@@ -417,6 +429,7 @@ TRANSFORMER_FAMILIES = (
     LTX_VIDEO,
     HUNYUAN_VIDEO,
     MOCHI,
+    HUNYUAN_VIDEO_15,
 )
 
 

@@ -29,6 +29,12 @@ INTRO = (
     "load them back."
 )
 
+# The bundled models draw 32 × 32 and 64 × 64 images: show them large, with crisp pixels.
+PAGE_CSS = """
+#without-seg img, #with-seg img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+#gallery img { image-rendering: pixelated; }
+"""
+
 
 def _guarded(action):
     """Turn errors into messages on the page; the app keeps serving."""
@@ -136,5 +142,7 @@ def launch(
 ) -> gr.Blocks:
     """Start the app on ``host`` (loopback unless asked otherwise); sharing links are off by default."""
     app = build_app(model, Studio(device=device))
-    app.queue().launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, show_error=True)
+    app.queue().launch(
+        server_name=host, server_port=port, share=share, prevent_thread_lock=not block, show_error=True, css=PAGE_CSS
+    )
     return app

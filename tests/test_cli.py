@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -345,23 +346,28 @@ def test_batch_shards_over_two_processes(tmp_path):
     assert result.stdout.count("image(s) written") == 2
 
 
-def test_demo_writes_a_grid_and_explains_it(tmp_path, capsys):
+def test_demo_writes_a_grid_at_the_measured_settings_and_explains_it(tmp_path, capsys):
+    from smoothed_energy_guidance.toy.testbeds import testbed
+
     code, out, _ = run(capsys, "demo", "--out", tmp_path, "--quiet")
     assert code == 0
-    assert "'seg-toy' model" in out and "σ = 1, 4, 16, ∞" in out and "empty prompt" in out
+    assert "'seg-toy' model" in out and "lowest unconditional Fréchet distance" in out and "empty prompt" in out
     path = Path(out.split("Wrote ")[1].split(":")[0])
     record = read_png_settings(path)[1]
+    scale, sigma = testbed("seg-toy").measured.seg
+    cfg, combined, combined_sigma = testbed("seg-toy").measured.cfg_seg
+    label = "inf" if math.isinf(sigma) else f"{sigma:g}"
+    combined_label = "inf" if math.isinf(combined_sigma) else f"{combined_sigma:g}"
     assert record["demo"] == [
         "vanilla",
-        "CFG 5",
-        "SEG sigma=1",
-        "SEG sigma=4",
-        "SEG sigma=16",
-        "SEG sigma=inf",
-        "CFG+SEG",
+        f"CFG {cfg:g}",
+        f"SEG {scale:g} sigma={label} (measured best)",
+        "SEG 3 sigma=inf (paper default)",
+        f"CFG {cfg:g} + SEG {combined:g} sigma={combined_label} (measured best)",
     ]
+    assert f"scale {scale:g}" in out
     width, height = Image.open(path).size
-    assert width >= 7 * 32 and height >= 4 * 32
+    assert width >= 5 * 32 and height >= 4 * 32
 
 
 def test_single_file_checkpoint_with_local_config(tmp_path, capsys):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +176,38 @@ def test_bundled_testbeds_load_and_sample_offline(name):
     assert pipe.unet.config.sample_size == size // 2
     network = SceneFeatures.load(bed.features_file, bed)
     assert network.features(image * 2 - 1).shape == (1, 64)
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("name", ["seg-toy", "seg-clutter"])
+def test_measured_defaults_are_the_best_settings_of_the_committed_sweep(name):
+    """The demo's and the UI's SEG settings are read off the committed sweep, recomputed here from its JSON."""
+    from smoothed_energy_guidance.toy.testbeds import testbed
+
+    data = json.loads((BENCHMARKS / f"quality-{name}.json").read_text(encoding="utf-8"))
+    seg_rows = [row for row in data["unconditional"] if row["seg_scale"] > 0]
+    best = min(seg_rows, key=lambda row: sum(row["per_seed"]["fd"]) / len(row["per_seed"]["fd"]))
+    combined = [row for row in data["conditional"] if row["seg_scale"] > 0 and row["cfg"] > 1]
+    best_combined = min(combined, key=lambda row: sum(row["per_seed"]["fd"]) / len(row["per_seed"]["fd"]))
+    measured = testbed(name).measured
+    assert measured.seg == (best["seg_scale"], best["sigma"])
+    assert measured.cfg_seg == (best_combined["cfg"], best_combined["seg_scale"], best_combined["sigma"])
+
+
+def test_committed_quality_tables_and_plots_come_from_the_committed_results(tmp_path):
+    """QUALITY.md is exactly what `seg eval` writes from the committed JSON files (one command each)."""
+    from smoothed_energy_guidance.toy.report import write_reports
+
+    files = sorted(BENCHMARKS.glob("quality-*.json"))
+    assert {path.stem for path in files} >= {"quality-seg-toy", "quality-seg-clutter"}
+    for path in files:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        assert results["command"].startswith(f"seg eval --testbed {results['testbed']}")
+        assert len(results["seeds"]) >= 3
+        write_reports(results, tmp_path, results["command"])
+        assert (BENCHMARKS / f"{path.stem}.png").exists()
+    assert (tmp_path / "QUALITY.md").read_text(encoding="utf-8") == (BENCHMARKS / "QUALITY.md").read_text(
+        encoding="utf-8"
+    )

@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--reference", type=Path, help="a folder of reference images for FID (with --model)")
     evaluate.add_argument("--size", type=int, default=1024, help="image size for --model (default 1024)")
     evaluate.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    demo = commands.add_parser("demo", help="offline comparison grid on the bundled model")
+    demo = commands.add_parser("demo", help="offline comparison grid on a bundled model")
+    demo.add_argument("--model", default=TOY_MODEL, help="bundled model: seg-toy (default) or seg-clutter")
     demo.add_argument("--out", type=Path, default=Path("outputs"))
     demo.add_argument("--overwrite", action="store_true")
     demo.add_argument("--quiet", action="store_true")
@@ -291,7 +292,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    _, message = run_demo(args.out, progress=not args.quiet, overwrite=args.overwrite)
+    _, message = run_demo(args.out, progress=not args.quiet, overwrite=args.overwrite, model=args.model)
     print(message)
     return 0
 

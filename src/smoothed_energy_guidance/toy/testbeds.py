@@ -7,6 +7,7 @@ is where the paper says SEG helps. Both use SDXL's pipeline layout, so every SEG
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -17,11 +18,25 @@ from . import clutter, scenes
 
 
 @dataclass(frozen=True)
+class Measured:
+    """Settings chosen from a testbed's committed quality sweep (benchmarks/quality-<name>.json); a test
+    recomputes them from that file.
+
+    ``seg``: (scale, σ) with the lowest mean unconditional FD; ``cfg_seg``: (CFG, SEG scale, σ) of the
+    CFG + SEG setting with the lowest mean conditional FD.
+    """
+
+    seg: tuple[float, float]
+    cfg_seg: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
 class Testbed:
     name: str
     domain: ModuleType  # SIZE, ATTRIBUTES, random_scene, render, make_batch
     unet: dict[str, Any]  # UNet2DConditionModel arguments beyond the shared SDXL layout
     vae_channels: tuple[int, int]
+    measured: Measured
     training: dict[str, Any] = field(default_factory=dict)  # TrainConfig defaults for the shipped weights
 
     @property
@@ -44,6 +59,7 @@ TESTBEDS = {
         scenes,
         unet=dict(block_out_channels=(48, 96), attention_head_dim=(4, 4), transformer_layers_per_block=(1, 2)),
         vae_channels=(32, 32),
+        measured=Measured(seg=(3.0, math.inf), cfg_seg=(5.0, 3.0, math.inf)),
         training=dict(vae_steps=800, unet_steps=3500, feature_steps=800, batch=32),
     ),
     "seg-clutter": Testbed(
@@ -52,6 +68,7 @@ TESTBEDS = {
         # SEG's default layer (mid) sees the 16 × 16 grid of the 32 × 32 latent
         unet=dict(block_out_channels=(64, 128), attention_head_dim=(8, 8), transformer_layers_per_block=(1, 1)),
         vae_channels=(32, 48),
+        measured=Measured(seg=(3.0, math.inf), cfg_seg=(5.0, 3.0, math.inf)),
         training=dict(vae_steps=500, unet_steps=2400, feature_steps=800, batch=16),
     ),
 }

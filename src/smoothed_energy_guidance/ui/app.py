@@ -8,6 +8,7 @@ from typing import Any
 
 import gradio as gr
 
+from ..cli.demo import measured_prompted_defaults
 from ..cli.settings import parse_sigma
 from ..pipelines import TOY_MODEL
 from .actions import (
@@ -54,6 +55,8 @@ def _guarded(action):
 def build_app(default_model: str = TOY_MODEL, studio: Studio | None = None) -> gr.Blocks:
     """The page; ``studio`` holds the loaded models and output folder."""
     studio = studio or Studio()
+    # CFG, SEG scale and σ measured best for prompted sampling on the bundled model (benchmarks/QUALITY.md)
+    cfg_default, scale_default, sigma_default = measured_prompted_defaults()
     with gr.Blocks(title="Smoothed Energy Guidance") as app:
         gr.Markdown(INTRO)
         with gr.Row():
@@ -69,19 +72,19 @@ def build_app(default_model: str = TOY_MODEL, studio: Studio | None = None) -> g
                     width = gr.Number(32, label="Width", precision=0, elem_id="width")
                     height = gr.Number(32, label="Height", precision=0, elem_id="height")
                     steps = gr.Number(25, label="Steps", precision=0, elem_id="steps")
-                    cfg = gr.Number(5.0, label="CFG scale", elem_id="cfg")
+                    cfg = gr.Number(cfg_default, label="CFG scale", elem_id="cfg")
                     seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
             with gr.Column(scale=1):
-                seg_scale = gr.Slider(0, 10, 3.0, step=0.1, label="SEG scale", elem_id="seg-scale")
+                seg_scale = gr.Slider(0, 10, scale_default, step=0.1, label="SEG scale", elem_id="seg-scale")
                 sigma_picker = gr.Slider(
                     0,
                     SIGMA_STEPS,
-                    SIGMA_STEPS,
+                    slider_from_sigma(sigma_default),
                     step=0.5,
                     elem_id="sigma-picker",
                     label=f"Pick blur σ = 2^position ({SIGMA_STEPS} = ∞)",
                 )
-                sigma = gr.Textbox("inf", label="Blur σ (any number > 0, or inf)", elem_id="sigma")
+                sigma = gr.Textbox(sigma_text(sigma_default), label="Blur σ (any number > 0, or inf)", elem_id="sigma")
                 layers = gr.Textbox(
                     "", label="Layers (empty: model default, e.g. mid, d4-d9, blocks.7)", elem_id="layers"
                 )

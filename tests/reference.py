@@ -114,6 +114,21 @@ def reference_combine(noise: torch.Tensor, cfg: bool, guidance_scale: float, seg
     return torch.cat([pred, pred])
 
 
+def record_layer_grids(modules: dict, layer_names) -> tuple[dict, list]:
+    """Pre-hooks on each layer's Transformer2DModel that note its input feature map's (h, w) per call."""
+    cells, handles = {}, []
+    for name in layer_names:
+        parent = name.split(".transformer_blocks")[0]
+        cell = cells.setdefault(parent, {})
+
+        def record(module, args, kwargs, cell=cell):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            cell["hw"] = tuple(hidden.shape[-2:])
+
+        handles.append(modules[parent].register_forward_pre_hook(record, with_kwargs=True))
+    return cells, handles
+
+
 @contextlib.contextmanager
 def reference_seg(
     unet,
@@ -132,17 +147,7 @@ def reference_seg(
     modules = dict(unet.named_modules())
     original_forward = unet.forward
     calls = {"n": 0}
-    grid_cells = {}
-    grid_hooks = []
-    for name in layer_names:
-        parent = name.split(".transformer_blocks")[0]
-        cell = grid_cells.setdefault(parent, {})
-
-        def record(module, args, kwargs, cell=cell):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            cell["hw"] = tuple(hidden.shape[-2:])
-
-        grid_hooks.append(modules[parent].register_forward_pre_hook(record, with_kwargs=True))
+    grid_cells, grid_hooks = record_layer_grids(modules, layer_names)
 
     def forward(sample, timestep, encoder_hidden_states=None, **kwargs):
         index = calls["n"]
@@ -227,16 +232,7 @@ def reference_seg_motion_unet(unet, layer_names, sigma, temporal_sigma, seg_scal
 
     modules = dict(unet.named_modules())
     original_forward = unet.forward
-    cells, handles = {}, []
-    for name in layer_names:
-        parent = name.split(".transformer_blocks")[0]
-        cell = cells.setdefault(parent, {})
-
-        def record(module, args, kwargs, cell=cell):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            cell["hw"] = tuple(hidden.shape[-2:])
-
-        handles.append(modules[parent].register_forward_pre_hook(record, with_kwargs=True))
+    cells, handles = record_layer_grids(modules, layer_names)
 
     def forward(sample, timestep, encoder_hidden_states=None, **kwargs):
         rows, frames = sample.shape[0], sample.shape[2]

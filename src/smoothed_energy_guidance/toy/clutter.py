@@ -13,18 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .scenes import COLOURS, SHAPES  # the same objects as the toy's scenes, in new surroundings
+
 SIZE = 64
 SKIES = ("blue", "sunset", "night", "gray")
 GROUNDS = ("grass", "sand", "tiles", "water")
-COLOURS = {
-    "red": (220, 40, 40),
-    "yellow": (240, 220, 40),
-    "purple": (140, 60, 180),
-    "black": (15, 15, 15),
-    "white": (250, 250, 250),
-    "cyan": (40, 200, 210),
-}
-SHAPES = ("circle", "square", "triangle")
 PATTERNS = ("plain", "striped", "dotted")
 POSITIONS = {"left": 0.25, "center": 0.5, "right": 0.75}
 COUNTS = ("2", "3")

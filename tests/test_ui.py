@@ -98,9 +98,15 @@ def _fetch_png(page, src: str) -> bytes:
 def test_page_compares_in_a_real_browser(studio, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    app = build_app("tiny-random", studio)
+    from smoothed_energy_guidance.cli.demo import measured_prompted_defaults
+    from smoothed_energy_guidance.ui.app import PAGE_CSS
+
+    app = build_app(studio=studio)  # the bundled trained model, at its measured defaults (the README screenshot)
+    _, measured_scale, _ = measured_prompted_defaults()
     port = _free_port()
-    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False)
+    app.queue().launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, css=PAGE_CSS
+    )
     flags = [
         "--headless",
         "--no-sandbox",
@@ -116,8 +122,9 @@ def test_page_compares_in_a_real_browser(studio, tmp_path):
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
             page.goto(f"http://127.0.0.1:{port}/")
-            page.locator("#prompt textarea").fill("a blue sphere on sand")
-            page.locator("#steps input").fill("4")
+            prompt = "a yellow triangle on the center, sand ground, night sky"
+            page.locator("#prompt textarea").fill(prompt)
+            page.locator("#steps input").fill("20")
             page.locator("#compare").click()
             without = page.locator("#without-seg img")
             with_seg = page.locator("#with-seg img")
@@ -125,8 +132,9 @@ def test_page_compares_in_a_real_browser(studio, tmp_path):
             expect(with_seg).to_be_visible(timeout=120_000)
             pngs = [_fetch_png(page, image.get_attribute("src")) for image in (without, with_seg)]
             records = [read_png_settings(io.BytesIO(png))[1] for png in pngs]
-            assert [r["settings"]["prompt"] for r in records] == ["a blue sphere on sand"] * 2
-            assert [r["settings"]["seg_scale"] for r in records] == [0.0, 3.0]
+            assert [r["settings"]["prompt"] for r in records] == [prompt] * 2
+            assert [r["settings"]["model"] for r in records] == ["seg-toy"] * 2
+            assert [r["settings"]["seg_scale"] for r in records] == [0.0, measured_scale]
             pixels = [np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) for png in pngs]
             assert not np.array_equal(*pixels)
 
@@ -140,7 +148,7 @@ def test_page_compares_in_a_real_browser(studio, tmp_path):
             page.locator("#model textarea, #model input").first.fill("./no-such-model")
             page.locator("#compare").click()
             expect(page.get_by_text("was not found", exact=False).first).to_be_visible(timeout=60_000)
-            page.locator("#model textarea, #model input").first.fill("tiny-random")
+            page.locator("#model textarea, #model input").first.fill("seg-toy")
 
             # dropping a PNG loads its settings back into the form
             dropped = tmp_path / "dropped.png"  # σ = 0.3 lies below the picker's range: kept exactly
@@ -150,8 +158,8 @@ def test_page_compares_in_a_real_browser(studio, tmp_path):
             )
             page.locator("#prompt textarea").fill("something else")
             page.locator("#drop-png input[type=file]").set_input_files(str(dropped))
-            expect(page.locator("#prompt textarea")).to_have_value("a blue sphere on sand", timeout=60_000)
-            expect(page.locator("#steps input")).to_have_value("4")
+            expect(page.locator("#prompt textarea")).to_have_value(prompt, timeout=60_000)
+            expect(page.locator("#steps input")).to_have_value("20")
             expect(page.locator("#sigma textarea, #sigma input").first).to_have_value("0.3")
 
             browser.close()

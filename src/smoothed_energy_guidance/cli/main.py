@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--pag-scales", type=_float_list, default=None, help="PAG scales (default 1,3)")
     evaluate.add_argument("--cfg", type=float, default=None, help="CFG scale of the conditional runs (default 5)")
     evaluate.add_argument("--combined-scale", type=float, default=None, help="SEG / PAG scale with CFG (default 3)")
+    evaluate.add_argument("--combined-sigmas", type=_float_list, default=None, help="σ with CFG (default: --sigmas)")
     evaluate.add_argument("--resamples", type=int, default=200, help="bootstrap resamples (default 200)")
     evaluate.add_argument("--out", type=Path, default=Path("benchmarks"), help="folder for QUALITY.md, JSON, plots")
     evaluate.add_argument("--quiet", action="store_true")
@@ -270,7 +271,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bed = testbed(args.testbed)
     model_dir = args.model_dir or bed.model_dir
     given = {"scales": args.scales, "sigmas": args.sigmas, "pag_scales": args.pag_scales, "cfg": args.cfg}
-    given["combined_scale"] = args.combined_scale
+    given.update(combined_scale=args.combined_scale, combined_sigmas=args.combined_sigmas)
     plan = dataclasses.replace(SweepPlan(), **{k: v for k, v in given.items() if v is not None})
     results = evaluate(
         model_dir,

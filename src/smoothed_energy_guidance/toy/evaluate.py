@@ -57,8 +57,8 @@ class SweepPlan:
     """The settings a sweep measures.
 
     Unconditional (empty prompt): vanilla, PAG at each of ``pag_scales``, SEG at every ``scales`` × ``sigmas``.
-    Conditional (captions of fresh scenes): vanilla, CFG, CFG + SEG at ``combined_scale`` for every σ, and
-    CFG + PAG at ``combined_scale``.
+    Conditional (captions of fresh scenes): vanilla, CFG, CFG + SEG at ``combined_scale`` for every σ of
+    ``combined_sigmas`` (default: ``sigmas``), and CFG + PAG at ``combined_scale``.
     """
 
     scales: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 5.0)
@@ -66,13 +66,15 @@ class SweepPlan:
     pag_scales: tuple[float, ...] = (1.0, 3.0)
     cfg: float = 5.0
     combined_scale: float = 3.0
+    combined_sigmas: tuple[float, ...] | None = None
 
     def unconditional(self) -> list[Setting]:
         seg = [seg_setting(scale, sigma) for sigma in self.sigmas for scale in self.scales]
         return [Setting("vanilla"), *(pag_setting(scale) for scale in self.pag_scales), *seg]
 
     def conditional(self) -> list[Setting]:
-        combined = [seg_setting(self.combined_scale, sigma, self.cfg) for sigma in self.sigmas]
+        sigmas = self.sigmas if self.combined_sigmas is None else self.combined_sigmas
+        combined = [seg_setting(self.combined_scale, sigma, self.cfg) for sigma in sigmas]
         return [
             Setting("vanilla"),
             Setting(f"CFG {self.cfg:g}", cfg=self.cfg),

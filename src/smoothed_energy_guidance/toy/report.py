@@ -3,7 +3,6 @@ one line per σ, 95 % bands over seeds)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -95,12 +94,6 @@ def plot_sweep(results: dict[str, Any], path: Path) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
-
-
-def best_unconditional(results: dict[str, Any]) -> dict[str, Any]:
-    """The SEG setting with the lowest mean unconditional FD."""
-    seg_rows = [row for row in results["unconditional"] if row["method"] == "SEG"]
-    return min(seg_rows, key=lambda row: (row["fd"]["mean"], math.isinf(row["sigma"])))
 
 
 QUALITY_HEADER = """# SEG quality on the bundled testbeds

@@ -59,7 +59,7 @@ TESTBEDS = {
         scenes,
         unet=dict(block_out_channels=(48, 96), attention_head_dim=(4, 4), transformer_layers_per_block=(1, 2)),
         vae_channels=(32, 32),
-        measured=Measured(seg=(3.0, math.inf), cfg_seg=(5.0, 3.0, math.inf)),
+        measured=Measured(seg=(3.0, 1.0), cfg_seg=(5.0, 3.0, 1.0)),
         training=dict(vae_steps=800, unet_steps=3500, feature_steps=800, batch=32),
     ),
     "seg-clutter": Testbed(

@@ -7,7 +7,6 @@ is where the paper says SEG helps. Both use SDXL's pipeline layout, so every SEG
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -68,7 +67,7 @@ TESTBEDS = {
         # SEG's default layer (mid) sees the 16 × 16 grid of the 32 × 32 latent
         unet=dict(block_out_channels=(64, 128), attention_head_dim=(8, 8), transformer_layers_per_block=(1, 1)),
         vae_channels=(32, 48),
-        measured=Measured(seg=(3.0, math.inf), cfg_seg=(5.0, 3.0, math.inf)),
+        measured=Measured(seg=(1.0, 4.0), cfg_seg=(5.0, 3.0, 1.0)),
         training=dict(vae_steps=500, unet_steps=2400, feature_steps=800, batch=16),
     ),
 }

@@ -104,9 +104,7 @@ def test_page_compares_in_a_real_browser(studio, tmp_path):
     app = build_app(studio=studio)  # the bundled trained model, at its measured defaults (the README screenshot)
     _, measured_scale, _ = measured_prompted_defaults()
     port = _free_port()
-    app.queue().launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, css=PAGE_CSS
-    )
+    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, css=PAGE_CSS)
     flags = [
         "--headless",
         "--no-sandbox",

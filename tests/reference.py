@@ -78,7 +78,7 @@ class ReferenceSegProcessor:
         v = attn.to_v(hidden_states)
         height, width = self.grid_cell["hw"]
         assert height * width == tokens
-        q = torch.cat([q[: self.perturbed.start], reference_blur_queries(q[self.perturbed], height, width, self.sigma)])
+        q = torch.cat([q[: self.perturbed.start], self.blur(q[self.perturbed], height, width)])
         heads = attn.heads
         head_dim = q.shape[-1] // heads
 
@@ -89,6 +89,9 @@ class ReferenceSegProcessor:
         weights = torch.softmax(q @ k.transpose(-1, -2) * (head_dim**-0.5), dim=-1)
         out = (weights @ v).transpose(1, 2).reshape(batch, tokens, heads * head_dim)
         return attn.to_out[1](attn.to_out[0](out))
+
+    def blur(self, q: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return reference_blur_queries(q, height, width, self.sigma)
 
 
 def _with_cond_copy(x, rows: int, cond: slice):
@@ -199,26 +202,11 @@ class ReferenceFramesSegProcessor(ReferenceSegProcessor):
         super().__init__(grid_cell, sigma, slice(first_perturbed_row, None))
         self.temporal_sigma, self.frames = temporal_sigma, frames
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
-        batch, tokens, _ = hidden_states.shape
-        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        height, width = self.grid_cell["hw"]
-        assert height * width == tokens
+    def blur(self, q: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(clips·frames, h·w, C) → each clip's frames blurred together by the dense video matrix."""
         matrix = reference_video_blur_matrix(self.sigma, self.temporal_sigma, self.frames, height, width)
-        mine = q[self.perturbed]
-        clips = mine.reshape(-1, self.frames * tokens, mine.shape[-1]).double()
-        blurred = torch.einsum("nm,bmc->bnc", matrix, clips).to(q.dtype).reshape(mine.shape)
-        q = torch.cat([q[: self.perturbed.start], blurred])
-        heads = attn.heads
-        head_dim = q.shape[-1] // heads
-
-        def split(x):
-            return x.view(batch, -1, heads, head_dim).transpose(1, 2)
-
-        q, k, v = split(q), split(k), split(v)
-        weights = torch.softmax(q @ k.transpose(-1, -2) * (head_dim**-0.5), dim=-1)
-        out = (weights @ v).transpose(1, 2).reshape(batch, tokens, heads * head_dim)
-        return attn.to_out[1](attn.to_out[0](out))
+        clips = q.reshape(-1, self.frames * height * width, q.shape[-1]).double()
+        return torch.einsum("nm,bmc->bnc", matrix, clips).to(q.dtype).reshape(q.shape)
 
 
 @contextlib.contextmanager

@@ -113,10 +113,6 @@ class PerturbedCall:
 
     @property
     def perturbed(self) -> slice:
-        return slice(self.host_rows, self.host_rows + self.group_rows)
-
-    @property
-    def perturbed_frame_rows(self) -> slice:
         """The perturbed rows inside the denoiser, where each sample is ``frames`` rows."""
         return slice(self.host_rows * self.frames, (self.host_rows + self.group_rows) * self.frames)
 
@@ -384,7 +380,7 @@ class SegHooks:
                 )
             state.reached.add(target.name)
             grid = layer_grid(call.latent_hw, target.downsample)
-            perturbed = call.perturbed_frame_rows
+            perturbed = call.perturbed
             rows = output[perturbed]
             q_channels = output.shape[-1] // target.parts
             q = self._blur_image_queries(rows[..., :q_channels], grid, target, call.text_tokens, call.frames)

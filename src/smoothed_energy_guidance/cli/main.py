@@ -275,7 +275,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     plan = dataclasses.replace(SweepPlan(), **{k: v for k, v in given.items() if v is not None})
     results = evaluate(
         model_dir,
-        model_dir.parent / f"{bed.name}-features.safetensors",
+        bed.features_beside(model_dir),
         samples=args.samples,
         steps=args.steps,
         seeds=range(args.seed, args.seed + args.seeds),

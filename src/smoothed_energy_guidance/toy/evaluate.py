@@ -254,27 +254,3 @@ def evaluate(
             )
         results[kind] = rows
     return results
-
-
-def time_grid(model_dir: Path, steps: int = 25) -> float:
-    """Seconds to sample a 2×4 grid (8 images, CFG 5 + SEG) after loading, on this machine."""
-    import time
-
-    from ..pipelines import StableDiffusionXLSEGPipeline
-    from .testbeds import testbed_of
-
-    bed = testbed_of(model_dir)
-    pipe = StableDiffusionXLSEGPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    prompts = [bed.domain.random_scene(np.random.default_rng(i)).caption for i in range(8)]
-    started = time.perf_counter()
-    pipe(
-        prompt=prompts,
-        num_inference_steps=steps,
-        guidance_scale=5.0,
-        seg_scale=3.0,
-        height=bed.size,
-        width=bed.size,
-        generator=torch.Generator().manual_seed(0),
-    )
-    return time.perf_counter() - started

@@ -24,9 +24,9 @@ def _cell(row: dict[str, Any], metric: str, digits: int) -> str:
 
 def paired_difference(row: dict[str, Any], baseline: dict[str, Any], metric: str = "fd") -> str:
     """``row − baseline`` seed by seed (same noise, same real reference per seed), mean ± 95 % t half-width."""
-    differences = [a - b for a, b in zip(row["per_seed"][metric], baseline["per_seed"][metric], strict=True)]
     if row is baseline:
         return "—"
+    differences = [a - b for a, b in zip(row["per_seed"][metric], baseline["per_seed"][metric], strict=True)]
     interval = seed_interval(differences)
     return f"{interval.mean:+.1f} ± {interval.half_width:.1f}"
 

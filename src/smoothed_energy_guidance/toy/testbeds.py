@@ -49,7 +49,11 @@ class Testbed:
     @property
     def features_file(self) -> Path:
         """The scene-feature network shipped beside the model, trained on held-out scenes."""
-        return self.model_dir.parent / f"{self.name}-features.safetensors"
+        return self.features_beside(self.model_dir)
+
+    def features_beside(self, model_dir: Path) -> Path:
+        """Where the feature network of this testbed's model in ``model_dir`` is saved: beside the folder."""
+        return Path(model_dir).parent / f"{self.name}-features.safetensors"
 
 
 TESTBEDS = {

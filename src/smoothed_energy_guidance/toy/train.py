@@ -57,7 +57,7 @@ class TrainConfig:
 
     @property
     def features_path(self) -> Path:
-        return self.model_dir.parent / f"{self.testbed}-features.safetensors"
+        return self.bed.features_beside(self.model_dir)
 
 
 def _batches(bed: Testbed, rng: np.random.Generator, batch: int):

@@ -38,6 +38,22 @@ def test_frechet_distance_and_precision_recall_behave():
     assert precision_recall(real, shifted)[0] < 0.05
 
 
+def test_support_matches_a_brute_force_count_in_chunks():
+    """Precision's k-NN support, computed in chunks, against a direct double loop in NumPy."""
+    from smoothed_energy_guidance.toy.evaluate import Support
+
+    generator = torch.Generator().manual_seed(1)
+    reference, queries = torch.randn(23, 3, generator=generator), torch.randn(17, 3, generator=generator) * 1.5
+    ref, qry = reference.double().numpy(), queries.double().numpy()
+    distances = np.sqrt(((ref[:, None] - ref[None]) ** 2).sum(-1))
+    radii = np.sort(distances, axis=1)[:, 3]  # the 3rd neighbour, the point itself being the 0th
+    inside = [any(np.sqrt(((q - r) ** 2).sum()) <= radius for r, radius in zip(ref, radii, strict=True)) for q in qry]
+    support = Support(reference, k=3, chunk=5)
+    assert torch.allclose(support.radii.double(), torch.from_numpy(radii), atol=1e-5)
+    assert support.share_inside(queries) == pytest.approx(np.mean(inside))
+    assert 0 < np.mean(inside) < 1  # the case checks both sides of the boundary
+
+
 def test_adherence_counts_attributes():
     scenes = [Scene("blue", "green", "red", "square", "left", 0.6, 0.2)] * 2
     heads = {name: torch.zeros(2, len(values)) for name, values in ATTRIBUTES.items()}
@@ -80,8 +96,12 @@ def test_sweep_reports_every_setting_with_intervals_checked_independently(smoke_
 
     plan = SweepPlan(scales=(1.0, 3.0), sigmas=(2.0, math.inf), pag_scales=(3.0,), combined_scale=2.0)
     features = smoke_model.parent / "seg-toy-features.safetensors"
-    results = evaluate(smoke_model, features, samples=8, steps=2, seeds=(0, 1, 2), plan=plan, batch=8, progress=False)
+    results = evaluate(
+        smoke_model, features, samples=8, steps=2, seeds=(0, 1, 2), plan=plan, batch=8, references=24, progress=False
+    )
+    assert results["references"] == 24
     assert [r["setting"] for r in results["unconditional"]] == [
+        "real scenes (held out)",
         "vanilla",
         "PAG 3",
         "SEG 1 σ=2",
@@ -108,7 +128,8 @@ def test_sweep_reports_every_setting_with_intervals_checked_independently(smoke_
         assert boot["low"] <= boot["high"] and math.isfinite(boot["mean"])
     assert "attribute_accuracy_bootstrap" in results["conditional"][0]
     # SEG changes the samples, so its FD differs from vanilla's on every seed
-    vanilla, seg_inf = results["unconditional"][0], results["unconditional"][-1]
+    real, vanilla, seg_inf = results["unconditional"][0], results["unconditional"][1], results["unconditional"][-1]
+    assert real["method"] == "real" and real["per_seed"]["fd"] != vanilla["per_seed"]["fd"]
     assert all(a != b for a, b in zip(vanilla["per_seed"]["fd"], seg_inf["per_seed"]["fd"], strict=True))
 
     data, plot, table = write_reports(results, tmp_path, "seg eval --testbed seg-toy")
@@ -117,7 +138,8 @@ def test_sweep_reports_every_setting_with_intervals_checked_independently(smoke_
     assert Image.open(plot).size[0] > 1000
     import json
 
-    assert json.loads(data.read_text(encoding="utf-8"))["unconditional"][2]["seg_scale"] == 1.0
+    assert json.loads(data.read_text(encoding="utf-8"))["unconditional"][3]["seg_scale"] == 1.0
+    assert "reference set of 24 real scenes" in text and "| real scenes (held out) |" in text
 
 
 def test_statistics_match_independent_computations():

@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--combined-scale", type=float, default=None, help="SEG / PAG scale with CFG (default 3)")
     evaluate.add_argument("--combined-sigmas", type=_float_list, default=None, help="σ with CFG (default: --sigmas)")
     evaluate.add_argument("--resamples", type=int, default=200, help="bootstrap resamples (default 200)")
+    evaluate.add_argument(
+        "--references", type=int, default=4096, help="real reference scenes per seed for FD / precision (default 4096)"
+    )
     evaluate.add_argument("--out", type=Path, default=Path("benchmarks"), help="folder for QUALITY.md, JSON, plots")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.add_argument("--model", help="a real model: compute FID and CLIP score on --prompts and --reference")
@@ -281,6 +284,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seeds=range(args.seed, args.seed + args.seeds),
         plan=plan,
         resamples=args.resamples,
+        references=args.references,
         progress=not args.quiet,
     )
     command = "seg " + shlex.join(str(part) for part in args.argv)

@@ -49,14 +49,16 @@ def tiny_clip_tokenizer() -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(write_tiny_clip_tokenizer(folder))
 
 
-def _text_config(vocab_size: int, hidden_size: int) -> CLIPTextConfig:
+def _text_config(
+    vocab_size: int, hidden_size: int, layers: int = 2, intermediate: int = 37, projection: int = 32
+) -> CLIPTextConfig:
     return CLIPTextConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
-        intermediate_size=37,
-        num_hidden_layers=2,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
         num_attention_heads=4,
-        projection_dim=32,
+        projection_dim=projection,
         max_position_embeddings=77,
         eos_token_id=1,
         pad_token_id=1,

@@ -94,10 +94,32 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((mu_a - mu_b).pow(2).sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * middle)
 
 
+class Support:
+    """A point set's estimated support for improved precision / recall (Kynkäänniemi et al. 2019): the union of
+    balls around each point reaching its k-th nearest neighbour. The radii are computed once, in chunks, so a
+    large real reference set can be queried many times (bootstrap)."""
+
+    def __init__(self, points: torch.Tensor, k: int = 5, chunk: int = 2048) -> None:
+        self.points, self.chunk = points, chunk
+        self.radii = torch.cat(
+            [
+                torch.cdist(points[start : start + chunk], points).kthvalue(k + 1, dim=1).values
+                for start in range(0, len(points), chunk)
+            ]
+        )
+
+    def share_inside(self, queries: torch.Tensor) -> float:
+        """The share of ``queries`` inside some ball."""
+        inside = [
+            (torch.cdist(queries[start : start + self.chunk], self.points) <= self.radii[None]).any(dim=1)
+            for start in range(0, len(queries), self.chunk)
+        ]
+        return float(torch.cat(inside).float().mean())
+
+
 def coverage(reference: torch.Tensor, queries: torch.Tensor, k: int = 5) -> float:
     """Share of ``queries`` inside some k-NN ball of ``reference`` (radius: distance to the k-th neighbour)."""
-    radii = torch.cdist(reference, reference).kthvalue(k + 1, dim=1).values
-    return float((torch.cdist(queries, reference) <= radii[None]).any(dim=1).float().mean())
+    return Support(reference, k).share_inside(queries)
 
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> tuple[float, float]:
@@ -157,11 +179,23 @@ def summarize(per_seed: dict[str, list[float]], bootstrapped: dict[str, Interval
 
 @dataclass
 class _Seeded:
-    """What one seed of a sweep compares against: real features, and captions for conditional runs."""
+    """What one seed of a sweep compares against: real reference features (and their support), fresh real
+    scenes held out from the reference (the ceiling row), and captions for conditional runs."""
 
     seed: int
     real: torch.Tensor
+    support: Support
+    held_out: torch.Tensor
     scenes: list[Any]
+
+    def metrics(self, fake: torch.Tensor, samples: int) -> dict[str, float]:
+        """FD and precision against the whole reference; recall of an equally large part of it, as the
+        method defines it (k-NN balls of the generated set, which has ``samples`` points)."""
+        return {
+            "fd": frechet_distance(self.real, fake),
+            "precision": self.support.share_inside(fake),
+            "recall": coverage(fake, self.real[:samples]),
+        }
 
 
 def evaluate(
@@ -173,14 +207,17 @@ def evaluate(
     plan: SweepPlan = SweepPlan(),
     batch: int = 64,
     resamples: int = 200,
+    references: int = 4096,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Every metric for every setting of ``plan``, per seed, with 95 % intervals over seeds and bootstrap ones.
 
-    Each seed draws its own noise, its own held-out real scenes (the FD / precision / recall reference,
-    as many as ``samples``) and its own captions; FD, precision and attribute accuracy are also
-    bootstrapped over the images of all seeds pooled. Recall is not bootstrapped: duplicated images in a
-    resample shrink the k-NN radii it is built on.
+    Each seed draws its own noise, its own real reference scenes (``references`` of them: real scenes cost
+    nothing, and with only as many as the samples the k-NN balls of precision are so wide in 64 dimensions
+    that nearly any image lands inside), its own captions and ``samples`` further real scenes measured like
+    a setting (the "real scenes" row: what a perfect sampler scores). FD, precision and attribute accuracy
+    are also bootstrapped over the images of all seeds pooled. Recall is not bootstrapped: duplicated images
+    in a resample shrink the k-NN radii it is built on.
     """
     from diffusers import StableDiffusionXLPAGPipeline
 
@@ -195,19 +232,29 @@ def evaluate(
     pag = StableDiffusionXLPAGPipeline.from_pipe(pipe, pag_applied_layers=["mid"])
     pag.set_progress_bar_config(disable=True)
     network = SceneFeatures.load(features_file, bed)
+    if references < samples:
+        raise ValueError(f"references ({references}) must be at least samples ({samples}).")
+
+    def features_of_scenes(rng: np.random.Generator, count: int) -> torch.Tensor:
+        images, _ = bed.domain.make_batch(rng, count)
+        with torch.no_grad():
+            return network.features(torch.from_numpy(images))
+
     seeded = []
     for seed in seeds:
-        real_images, _ = bed.domain.make_batch(np.random.default_rng([seed, 3]), samples)
-        with torch.no_grad():
-            real = network.features(torch.from_numpy(real_images))
+        real = features_of_scenes(np.random.default_rng([seed, 3]), references)
+        held_out = features_of_scenes(np.random.default_rng([seed, 5]), samples)
         captions_rng = np.random.default_rng([seed, 2])
-        seeded.append(_Seeded(seed, real, [bed.domain.random_scene(captions_rng) for _ in range(samples)]))
+        scenes = [bed.domain.random_scene(captions_rng) for _ in range(samples)]
+        seeded.append(_Seeded(seed, real, Support(real), held_out, scenes))
     pooled_real = torch.cat([s.real for s in seeded])
+    pooled_support = Support(pooled_real)
     runs = [("unconditional", plan.unconditional()), ("conditional", plan.conditional())]
     bar = tqdm(total=sum(len(settings) for _, settings in runs) * len(seeds), desc=bed.name, disable=not progress)
     results: dict[str, Any] = {
         "testbed": bed.name,
         "samples": samples,
+        "references": references,
         "steps": steps,
         "seeds": list(seeds),
         "resamples": resamples,
@@ -215,8 +262,13 @@ def evaluate(
     }
     for kind, settings in runs:
         rows = []
+        if kind == "unconditional":
+            real_metrics = [run.metrics(run.held_out, samples) for run in seeded]
+            per_seed = {metric: [m[metric] for m in real_metrics] for metric in real_metrics[0]}
+            held_out = torch.cat([run.held_out for run in seeded])
+            rows.append(_row(REAL_SCENES, "real", per_seed, held_out, [], pooled_real, pooled_support, resamples))
         for setting in settings:
-            per_seed: dict[str, list[float]] = {"fd": [], "precision": [], "recall": []}
+            per_seed = {"fd": [], "precision": [], "recall": []}
             fakes, hits = [], []
             for run in seeded:
                 prompts = [s.caption for s in run.scenes] if kind == "conditional" else [""] * samples
@@ -225,10 +277,8 @@ def evaluate(
                     fake = network.features(images)
                     heads = {name: head(fake) for name, head in network.heads.items()}
                 fakes.append(fake)
-                per_seed["fd"].append(frechet_distance(run.real, fake))
-                precision, recall = precision_recall(run.real, fake)
-                per_seed["precision"].append(precision)
-                per_seed["recall"].append(recall)
+                for metric, value in run.metrics(fake, samples).items():
+                    per_seed[metric].append(value)
                 if kind == "conditional":
                     hit = attribute_hits(heads, run.scenes)
                     hits.append(hit)
@@ -236,21 +286,33 @@ def evaluate(
                     per_seed.setdefault("all_correct", []).append(float(hit.all(1).float().mean()))
                 bar.update()
             pooled = torch.cat(fakes)
-            bootstrapped = {
-                "fd": bootstrap_interval(lambda f: frechet_distance(pooled_real, f), pooled, resamples),
-                "precision": bootstrap_interval(lambda f: coverage(pooled_real, f), pooled, resamples),
-            }
-            if hits:
-                bootstrapped["attribute_accuracy"] = bootstrap_interval(
-                    lambda h: float(h.float().mean()), torch.cat(hits), resamples
-                )
-            rows.append(
-                {
-                    "setting": setting.name,
-                    **asdict(setting),
-                    "method": setting.method,
-                    **summarize(per_seed, bootstrapped),
-                }
-            )
+            rows.append(_row(setting, setting.method, per_seed, pooled, hits, pooled_real, pooled_support, resamples))
         results[kind] = rows
     return results
+
+
+#: The ceiling row of the unconditional table: fresh real scenes measured like a sampler's images.
+REAL_SCENES = Setting("real scenes (held out)")
+
+
+def _row(
+    setting: Setting,
+    method: str,
+    per_seed: dict[str, list[float]],
+    pooled: torch.Tensor,
+    hits: list[torch.Tensor],
+    pooled_real: torch.Tensor,
+    pooled_support: Support,
+    resamples: int,
+) -> dict[str, Any]:
+    """One table row: the setting, its per-seed metrics with seed intervals, and bootstrap intervals over
+    the pooled features ``pooled`` (and attribute hits, for conditional runs)."""
+    bootstrapped = {
+        "fd": bootstrap_interval(lambda f: frechet_distance(pooled_real, f), pooled, resamples),
+        "precision": bootstrap_interval(pooled_support.share_inside, pooled, resamples),
+    }
+    if hits:
+        bootstrapped["attribute_accuracy"] = bootstrap_interval(
+            lambda h: float(h.float().mean()), torch.cat(hits), resamples
+        )
+    return {"setting": setting.name, **asdict(setting), "method": method, **summarize(per_seed, bootstrapped)}

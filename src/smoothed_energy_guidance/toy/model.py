@@ -8,7 +8,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-from ..pipelines.tiny import TEXT_2_HIDDEN, TEXT_HIDDEN, _text_config, tiny_clip_tokenizer
+from ..pipelines.tiny import _text_config, tiny_clip_tokenizer
 from .testbeds import Testbed
 
 SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
@@ -32,8 +32,8 @@ def toy_unet(bed: Testbed) -> UNet2DConditionModel:
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + 32,
-        cross_attention_dim=TEXT_HIDDEN + TEXT_2_HIDDEN,
+        projection_class_embeddings_input_dim=6 * 8 + bed.text.projection,
+        cross_attention_dim=sum(bed.text.hidden),
         norm_num_groups=16,
     )
 
@@ -57,11 +57,16 @@ def toy_components(seed: int, bed: Testbed) -> dict[str, Any]:
     """Untrained components in the ``StableDiffusionXLPipeline`` layout."""
     torch.manual_seed(seed)
     tokenizer = tiny_clip_tokenizer()
+    sizes = bed.text
+    first, second = (
+        _text_config(len(tokenizer), hidden, sizes.layers, sizes.intermediate, sizes.projection)
+        for hidden in sizes.hidden
+    )
     return {
         "unet": toy_unet(bed),
         "vae": toy_vae(bed),
-        "text_encoder": CLIPTextModel(_text_config(len(tokenizer), TEXT_HIDDEN)),
-        "text_encoder_2": CLIPTextModelWithProjection(_text_config(len(tokenizer), TEXT_2_HIDDEN)),
+        "text_encoder": CLIPTextModel(first),
+        "text_encoder_2": CLIPTextModelWithProjection(second),
         "tokenizer": tokenizer,
         "tokenizer_2": tiny_clip_tokenizer(),
         "scheduler": EulerDiscreteScheduler(**SCHEDULE, timestep_spacing="leading", steps_offset=1),

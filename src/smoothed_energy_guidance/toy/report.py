@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .evaluate import sigma_label
+from .evaluate import REAL_SCENES, sigma_label
 from .statistics import seed_interval
 
+REAL_ROW = REAL_SCENES.name
 METRICS = (("fd", "FD ↓", 1), ("precision", "precision ↑", 3), ("recall", "recall ↑", 3))
 CONDITIONAL_METRICS = (*METRICS, ("attribute_accuracy", "attribute accuracy ↑", 3), ("all_correct", "all right ↑", 3))
 
@@ -46,6 +47,18 @@ def _named(rows: list[dict[str, Any]], method: str) -> dict[str, Any]:
     return next(row for row in rows if row["method"] == method)
 
 
+def _reference_text(results: dict[str, Any]) -> str:
+    references = results.get("references", results["samples"])
+    if references == results["samples"]:
+        return f"Each seed has its own reference set of {references} real scenes."
+    return (
+        f"Each seed has its own reference set of {references} real scenes: FD and precision are measured "
+        f"against all of it, recall against {results['samples']} of them (as many as the images). The row "
+        f"'{REAL_ROW}' measures {results['samples']} further real scenes per seed the same way: the "
+        "scores of a perfect sampler."
+    )
+
+
 def sweep_markdown(results: dict[str, Any], command: str) -> str:
     """One testbed's section of benchmarks/QUALITY.md."""
     seeds = results["seeds"]
@@ -57,11 +70,10 @@ def sweep_markdown(results: dict[str, Any], command: str) -> str:
         "",
         f"Cells: mean over the {len(seeds)} seeds ± the 95 % Student-t half-width; in brackets the 95 % "
         f"percentile bootstrap over the {results['samples'] * len(seeds)} pooled images "
-        f"({results['resamples']} resamples). FD is biased upwards at small sample sizes, so the pooled "
-        "intervals sit below the per-seed means; compare settings within a column. Each seed has its own real "
-        "reference set, which makes the per-seed FD spread wide; the last column removes that shared part: "
-        "the FD difference to the baseline setting seed by seed (same noise, same reference), mean ± 95 % "
-        "t half-width. A difference whose interval excludes 0 is significant at 5 %.",
+        f"({results['resamples']} resamples). {_reference_text(results)} FD is biased upwards at small sample "
+        "sizes (the pooled intervals sit below the per-seed means), so compare settings within a column. The last column is the FD difference to the baseline "
+        "setting seed by seed (same noise, same reference), mean ± 95 % t half-width: it removes what the "
+        "settings of one seed share. A difference whose interval excludes 0 is significant at 5 %.",
         "",
         "### Unconditional (empty prompt)",
         "",
@@ -86,6 +98,7 @@ def plot_sweep(results: dict[str, Any], path: Path) -> Path:
     rows = results["unconditional"]
     figure, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 4), constrained_layout=True)
     vanilla = next(row for row in rows if row["method"] == "vanilla")
+    real = next((row for row in rows if row["method"] == "real"), None)
     curves: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row["method"] == "SEG":
@@ -96,6 +109,8 @@ def plot_sweep(results: dict[str, Any], path: Path) -> Path:
         base = vanilla[metric]
         axis.axhline(base["mean"], color="black", linewidth=1, label="vanilla")
         axis.axhspan(base["low"], base["high"], color="black", alpha=0.1)
+        if real:
+            axis.axhline(real[metric]["mean"], color="green", linestyle=":", linewidth=1.5, label="real scenes")
         for name, curve in curves.items():
             curve = sorted(curve, key=lambda r: r["pag_scale"] if name == "PAG" else r["seg_scale"])
             scales = [r["pag_scale"] if name == "PAG" else r["seg_scale"] for r in curve]

@@ -13,7 +13,18 @@ from types import ModuleType
 from typing import Any
 
 from ..pipelines import BUNDLED_MODELS
+from ..pipelines.tiny import TEXT_2_HIDDEN, TEXT_HIDDEN
 from . import clutter, scenes
+
+
+@dataclass(frozen=True)
+class TextEncoders:
+    """Sizes of the two CLIP text encoders trained from scratch with the testbed."""
+
+    hidden: tuple[int, int] = (TEXT_HIDDEN, TEXT_2_HIDDEN)
+    layers: int = 2
+    intermediate: int = 37
+    projection: int = 32  # the pooled embedding SDXL adds to the time embedding
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ class Testbed:
     vae_channels: tuple[int, int]
     measured: Measured
     training: dict[str, Any] = field(default_factory=dict)  # TrainConfig defaults for the shipped weights
+    text: TextEncoders = TextEncoders()
 
     @property
     def size(self) -> int:
@@ -72,7 +84,9 @@ TESTBEDS = {
         unet=dict(block_out_channels=(64, 128), attention_head_dim=(8, 8), transformer_layers_per_block=(1, 1)),
         vae_channels=(32, 48),
         measured=Measured(seg=(1.0, 4.0), cfg_seg=(5.0, 3.0, 1.0)),
-        training=dict(vae_steps=500, unet_steps=2400, feature_steps=800, batch=16),
+        training=dict(vae_steps=500, text_steps=400, unet_steps=2000, feature_steps=800, batch=16),
+        # captions of 70 bytes naming seven attributes need deeper encoders than the toy's
+        text=TextEncoders(hidden=(64, 96), layers=3, intermediate=256, projection=64),
     ),
 }
 

@@ -81,6 +81,21 @@ def test_training_smoke_run_produces_a_loadable_pipeline(tmp_path):
     assert pipe.config.force_zeros_for_empty_prompt is False  # unconditional = the empty caption it learned
 
 
+def test_text_pretraining_teaches_the_encoders_the_caption_attributes():
+    """The denoiser starts from text encoders that already tell captions apart (attribute heads on what the
+    UNet reads of them); 60 small steps take the toy's encoders from chance (about 1/3) past 0.8."""
+    import dataclasses
+
+    from smoothed_energy_guidance.toy.model import toy_components
+    from smoothed_energy_guidance.toy.train import TrainConfig, pretrain_text_encoders
+
+    config = dataclasses.replace(TrainConfig.smoke(Path("unused")), text_steps=60)
+    components = toy_components(0, config.bed)
+    before = components["text_encoder_2"].text_projection.weight.clone()
+    assert pretrain_text_encoders(components, config, progress=False) > 0.8
+    assert not torch.equal(before, components["text_encoder_2"].text_projection.weight)
+
+
 @pytest.fixture(scope="module")
 def smoke_model(tmp_path_factory):
     from smoothed_energy_guidance.toy.train import TrainConfig, train
@@ -196,6 +211,11 @@ def test_bundled_testbeds_load_and_sample_offline(name):
     image = pipe("", num_inference_steps=3, height=size, width=size, output_type="pt", generator=generator).images
     assert image.shape == (1, 3, size, size) and torch.isfinite(image).all()
     assert pipe.unet.config.sample_size == size // 2
+    # the shipped weights are the architecture the testbed declares (what `scripts/train_toy_model.py` builds)
+    encoders = (pipe.text_encoder.config, pipe.text_encoder_2.config)
+    assert tuple(c.hidden_size for c in encoders) == bed.text.hidden
+    assert all(c.num_hidden_layers == bed.text.layers for c in encoders)
+    assert pipe.text_encoder_2.config.projection_dim == bed.text.projection
     network = SceneFeatures.load(bed.features_file, bed)
     assert network.features(image * 2 - 1).shape == (1, 64)
 

@@ -71,7 +71,9 @@ def sweep_markdown(results: dict[str, Any], command: str) -> str:
         f"Cells: mean over the {len(seeds)} seeds ± the 95 % Student-t half-width; in brackets the 95 % "
         f"percentile bootstrap over the {results['samples'] * len(seeds)} pooled images "
         f"({results['resamples']} resamples). {_reference_text(results)} FD is biased upwards at small sample "
-        "sizes (the pooled intervals sit below the per-seed means), so compare settings within a column. "
+        "sizes and the pooled bootstrap also pools the seeds' references, whose denser k-NN balls make "
+        "precision stricter: bracketed FD and precision sit below the per-seed means, so compare settings "
+        "within a column. "
         "The last column is the FD difference to the baseline setting seed by seed (same noise, same "
         "reference), mean ± 95 % t half-width: it removes what the settings of one seed share. A difference "
         "whose interval excludes 0 is significant at 5 %.",

@@ -461,3 +461,16 @@ def test_inpaint_is_refused_for_transformer_families(tmp_path, capsys):
 def test_offload_needs_a_gpu(tmp_path, capsys):
     code, _, err = run(capsys, "generate", *TINY, "--offload", "model", "--out", tmp_path)
     assert code == 2 and "--offload model moves weights between CPU and GPU; it needs --device cuda" in err
+
+
+def test_grid_row_labels_span_lines_so_long_prompts_are_shown_whole():
+    from smoothed_energy_guidance.cli.grid import LABEL_HEIGHT, labelled_grid
+
+    cells = [[Image.new("RGB", (64, 64), "gray")] * 2] * 2
+    one_line = labelled_grid(cells, ["a", "b"], ["3 shapes, front striped red square right, sand ground", "x"])
+    wrapped = labelled_grid(cells, ["a", "b"], ["3 shapes\nfront striped red square right\nsand ground", "x"])
+    assert wrapped.size[0] < one_line.size[0]  # the label column is as wide as the longest line
+    label = np.asarray(wrapped.convert("L"))[:, : wrapped.size[0] - 2 * 64]
+    inked_rows = np.flatnonzero((label < 128).any(axis=1))
+    first_cell = inked_rows[inked_rows < LABEL_HEIGHT + 64]
+    assert np.count_nonzero(np.diff(first_cell) > 1) >= 2  # three lines of text, separated by blank rows

@@ -59,7 +59,7 @@ def run_demo(out: Path, progress: bool = True, overwrite: bool = False, model: s
     for prompt in prompts:
         rows.append([cache.render(base.replace(prompt=prompt, **changes)) for _, changes in columns])
     labels = [label for label, _ in columns]
-    row_labels = [p.split(",")[0] if p else "(empty prompt)" for p in prompts]
+    row_labels = [p.replace(", ", "\n") if p else "(empty prompt)" for p in prompts]  # the whole prompt
     grid = labelled_grid(rows, labels, row_labels)
     path = save_png(grid, free_path(out / f"demo-{bed.name}.png", overwrite), base, {"demo": labels})
     scale, sigma = bed.measured.seg

@@ -157,6 +157,13 @@ def test_sweep_reports_every_setting_with_intervals_checked_independently(smoke_
     assert "reference set of 24 real scenes" in text and "| real scenes (held out) |" in text
 
 
+def test_sweep_refuses_fewer_references_than_samples_before_loading_anything(tmp_path):
+    from smoothed_energy_guidance.toy.evaluate import evaluate
+
+    with pytest.raises(ValueError, match="references"):
+        evaluate(tmp_path / "no-model", tmp_path / "no-features", samples=8, references=4)
+
+
 def test_statistics_match_independent_computations():
     from smoothed_energy_guidance.toy.statistics import bootstrap_interval, seed_interval
 

@@ -226,14 +226,14 @@ def evaluate(
 
     if len(seeds) < 2:
         raise ValueError("The sweep needs at least two seeds for its intervals (three or more recommended).")
+    if references < samples:
+        raise ValueError(f"references ({references}) must be at least samples ({samples}).")
     bed = testbed_of(model_dir)
     pipe = StableDiffusionXLSEGPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     pag = StableDiffusionXLPAGPipeline.from_pipe(pipe, pag_applied_layers=["mid"])
     pag.set_progress_bar_config(disable=True)
     network = SceneFeatures.load(features_file, bed)
-    if references < samples:
-        raise ValueError(f"references ({references}) must be at least samples ({samples}).")
 
     def features_of_scenes(rng: np.random.Generator, count: int) -> torch.Tensor:
         images, _ = bed.domain.make_batch(rng, count)

@@ -183,10 +183,13 @@ class _Seeded:
     scenes held out from the reference (the ceiling row), and captions for conditional runs."""
 
     seed: int
-    real: torch.Tensor
-    support: Support
+    support: Support  # of the real reference features (``support.points``)
     held_out: torch.Tensor
     scenes: list[Any]
+
+    @property
+    def real(self) -> torch.Tensor:
+        return self.support.points
 
     def metrics(self, fake: torch.Tensor, samples: int) -> dict[str, float]:
         """FD and precision against the whole reference; recall of an equally large part of it, as the
@@ -246,9 +249,8 @@ def evaluate(
         held_out = features_of_scenes(np.random.default_rng([seed, 5]), samples)
         captions_rng = np.random.default_rng([seed, 2])
         scenes = [bed.domain.random_scene(captions_rng) for _ in range(samples)]
-        seeded.append(_Seeded(seed, real, Support(real), held_out, scenes))
-    pooled_real = torch.cat([s.real for s in seeded])
-    pooled_support = Support(pooled_real)
+        seeded.append(_Seeded(seed, Support(real), held_out, scenes))
+    pooled_support = Support(torch.cat([s.real for s in seeded]))
     runs = [("unconditional", plan.unconditional()), ("conditional", plan.conditional())]
     bar = tqdm(total=sum(len(settings) for _, settings in runs) * len(seeds), desc=bed.name, disable=not progress)
     results: dict[str, Any] = {
@@ -266,7 +268,7 @@ def evaluate(
             real_metrics = [run.metrics(run.held_out, samples) for run in seeded]
             per_seed = {metric: [m[metric] for m in real_metrics] for metric in real_metrics[0]}
             held_out = torch.cat([run.held_out for run in seeded])
-            rows.append(_row(REAL_SCENES, "real", per_seed, held_out, [], pooled_real, pooled_support, resamples))
+            rows.append(_row(REAL_SCENES, "real", per_seed, held_out, [], pooled_support, resamples))
         for setting in settings:
             per_seed = {"fd": [], "precision": [], "recall": []}
             fakes, hits = [], []
@@ -286,7 +288,7 @@ def evaluate(
                     per_seed.setdefault("all_correct", []).append(float(hit.all(1).float().mean()))
                 bar.update()
             pooled = torch.cat(fakes)
-            rows.append(_row(setting, setting.method, per_seed, pooled, hits, pooled_real, pooled_support, resamples))
+            rows.append(_row(setting, setting.method, per_seed, pooled, hits, pooled_support, resamples))
         results[kind] = rows
     return results
 
@@ -301,14 +303,13 @@ def _row(
     per_seed: dict[str, list[float]],
     pooled: torch.Tensor,
     hits: list[torch.Tensor],
-    pooled_real: torch.Tensor,
     pooled_support: Support,
     resamples: int,
 ) -> dict[str, Any]:
     """One table row: the setting, its per-seed metrics with seed intervals, and bootstrap intervals over
-    the pooled features ``pooled`` (and attribute hits, for conditional runs)."""
+    the pooled features ``pooled`` (and attribute hits, for conditional runs) against the pooled references."""
     bootstrapped = {
-        "fd": bootstrap_interval(lambda f: frechet_distance(pooled_real, f), pooled, resamples),
+        "fd": bootstrap_interval(lambda f: frechet_distance(pooled_support.points, f), pooled, resamples),
         "precision": bootstrap_interval(pooled_support.share_inside, pooled, resamples),
     }
     if hits:

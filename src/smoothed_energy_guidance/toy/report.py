@@ -9,7 +9,6 @@ from typing import Any
 from .evaluate import REAL_SCENES, sigma_label
 from .statistics import seed_interval
 
-REAL_ROW = REAL_SCENES.name
 METRICS = (("fd", "FD ↓", 1), ("precision", "precision ↑", 3), ("recall", "recall ↑", 3))
 CONDITIONAL_METRICS = (*METRICS, ("attribute_accuracy", "attribute accuracy ↑", 3), ("all_correct", "all right ↑", 3))
 
@@ -54,7 +53,7 @@ def _reference_text(results: dict[str, Any]) -> str:
     return (
         f"Each seed has its own reference set of {references} real scenes: FD and precision are measured "
         f"against all of it, recall against {results['samples']} of them (as many as the images). The row "
-        f"'{REAL_ROW}' measures {results['samples']} further real scenes per seed the same way: the "
+        f"'{REAL_SCENES.name}' measures {results['samples']} further real scenes per seed the same way: the "
         "scores of a perfect sampler."
     )
 

@@ -292,7 +292,7 @@ def step_runners(model, inputs, batched: bool):
     config = SegConfig(blur_sigma=10.0)
     pair, single = inputs(2), inputs(1)
 
-    def read_host(timestep) -> HostStep:
+    def read_host(timestep, call) -> HostStep:
         return HostStep(cfg=batched, guidance_scale=5.0, guidance_rescale=0.0, progress=0.0)
 
     def cfg() -> float:
@@ -308,7 +308,7 @@ def step_runners(model, inputs, batched: bool):
         start = time.perf_counter()
         hooks = attach_seg_to_transformer(model, config, read_host)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), hooks.serving():
                 model(**(pair if batched else single))
         finally:
             hooks.remove()

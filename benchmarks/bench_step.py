@@ -10,6 +10,7 @@ from one fresh process per configuration. ``--write`` stores the table in benchm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import re
@@ -81,14 +82,14 @@ def step_runner(unet, case: str):
     args, kwargs = inputs(rows)
     progress = 0.0  # the inactive case sits before its window
 
-    def read_host(timestep) -> HostStep:
+    def read_host(timestep, call) -> HostStep:
         return HostStep(cfg=cfg, guidance_scale=5.0, guidance_rescale=0.0, progress=progress)
 
     def run() -> float:
         hooks = attach_seg_to_unet(unet, config, read_host, share) if config else None
         try:
             start = time.perf_counter()
-            with torch.no_grad():
+            with torch.no_grad(), hooks.serving() if hooks else contextlib.nullcontext():
                 unet(*args, **kwargs)
             return time.perf_counter() - start
         finally:

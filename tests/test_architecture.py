@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "smoothed_energy_guidance"
-CORE = {"blur", "layers", "guidance"}
-STDLIB_OK = {"__future__", "math", "re", "functools", "dataclasses", "collections", "typing", "importlib", "threading"}
+CORE = {"blur", "layers", "guidance", "context"}
+STDLIB_OK = {
+    *("__future__", "math", "re", "functools", "dataclasses", "collections", "typing", "importlib", "threading"),
+    *("contextvars", "contextlib", "types", "weakref"),
+}
 
 
 def imports(path: Path) -> set[str]:
@@ -70,3 +73,34 @@ def test_gradio_is_imported_by_the_ui_only():
     for path in PACKAGE.rglob("*.py"):
         if "gradio" in imports(path):
             assert path.parent.name == "ui", path
+
+
+# What the engine must never read to learn what it serves (DESIGN.md "How the engine knows what it serves").
+INFERENCE = {
+    "stack frames": r"sys\._getframe|inspect\.currentframe|inspect\.stack\(|\.f_locals|\.f_back",
+    "bytecode": r"\.co_names|\.co_code|\.__code__",
+    "private hook state of torch": r"_forward_pre_hooks|_forward_hooks|_backward_hooks",
+    "private state of diffusers": r"\._context\b|_set_context",
+}
+# The guider's plan of its first step's batches, before any denoiser reached it (see the module).
+FRAME_READERS = {"pipelines/modular_caller.py"}
+
+
+@pytest.mark.parametrize("kind", sorted(INFERENCE))
+def test_src_never_infers_its_call_from_frames_bytecode_or_private_state(kind):
+    import re
+
+    pattern = re.compile(INFERENCE[kind])
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE).as_posix()
+        if kind == "stack frames" and relative in FRAME_READERS:
+            continue
+        found += [f"{relative}:{n}" for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not found, f"{kind} read in {found}"
+
+
+def test_the_one_frame_reader_decides_no_seg_call():
+    """It may plan the guider's batches, never whether a call gets SEG: hooks import only the call context."""
+    users = [p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if ".modular_caller" in imports(p)]
+    assert users == ["pipelines/guider.py"]

@@ -74,6 +74,11 @@ class SegConfig:
         return self.scale != 0
 
     @property
+    def windowed(self) -> bool:
+        """Whether SEG runs on only part of the steps (``start > 0`` or ``end < 1``)."""
+        return self.start > 0.0 or self.end < 1.0
+
+    @property
     def infinite_blur(self) -> bool:
         return is_infinite_sigma(self.blur_sigma)
 

@@ -14,16 +14,20 @@ Hooking the query projection keeps every attention backend and LoRA-wrapped proj
 
 from __future__ import annotations
 
+import contextvars
 import math
-import threading
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import nn
 
 from .blur import blur_queries
+from .context import SegCall, close_call, current_call, open_call
 from .guidance import SegConfig, apply_seg, split_rows
 
 
@@ -65,7 +69,9 @@ class HostStep:
     cfg: bool
     guidance_scale: float
     guidance_rescale: float
-    progress: float  # step index / number of steps
+    # step index / number of steps; or a function that reads it, called only when SEG has a step window
+    # (a compiled denoiser then never reads the host's step counters, which change on every step)
+    progress: float | Callable[[], float]
     seg_allowed: bool = True  # False for calls SEG must leave alone (e.g. a separate uncond pass)
     seg_scale_factor: float = 1.0  # scales s where the host's own guidance multiplies it (true CFG)
 
@@ -177,39 +183,38 @@ def _replace_first_output(output: Any, sample: torch.Tensor) -> Any:
     return output
 
 
+# The SEG handles attached to each denoiser, in attach order (our own record: torch's hook dicts are private).
+_ATTACHED: weakref.WeakKeyDictionary[nn.Module, list[SegHooks]] = weakref.WeakKeyDictionary()
+
+
 def active_seg_hooks(denoiser: nn.Module) -> list[SegHooks]:
-    """The SEG handles whose hooks are on ``denoiser`` now, read off the module's own hooks."""
-    found: list[SegHooks] = []
-    for hook in denoiser._forward_pre_hooks.values():
-        owner = getattr(hook, "__self__", None)
-        if isinstance(owner, SegHooks) and owner.attached and owner not in found:
-            found.append(owner)
-    return found
+    """The SEG handles whose hooks are on ``denoiser`` now."""
+    return [hooks for hooks in _ATTACHED.get(denoiser, ()) if hooks.attached]
 
 
-class _ThreadCall(threading.local):
-    """Per-thread state of the denoiser call in flight, so concurrent calls never mix."""
-
-    call: PerturbedCall | None = None
-    finished: bool = False  # the denoiser call in flight returned normally
-    reached: set[str]
-    reference_call: bool = False  # the call in flight is an owned cond-only reference call
-    # (pred_seg, pred_cond) of the latest SEG call, for a reference call that follows it
-    last_seg: tuple[torch.Tensor, torch.Tensor] | None = None
+class CallState:
+    """The hooks' scratch for one served call (made by its entry point, so concurrent calls never mix)."""
 
     def __init__(self) -> None:
-        self.reached = set()
+        self.call: PerturbedCall | None = None  # the denoiser call in flight
+        self.finished = False  # the denoiser call in flight returned normally
+        self.reached: set[str] = set()
+        self.reference_call = False  # the call in flight is a cond-only reference call
+        # (pred_seg, pred_cond) of the latest SEG call, for a reference call that follows it
+        self.last_seg: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class SegHooks:
     """Forward hooks that run SEG on a denoiser, tracked by handle.
 
     Use as a context manager or call :meth:`remove`; removing twice is harmless.
-    ``read_host(timestep)`` tells, for each denoiser call, whether CFG is on and how far the
-    denoising has progressed. ``owns_call()`` tells whether the call in flight was made by the
-    pipeline SEG was enabled on (``scope``); calls by other pipelines sharing the denoiser run
-    untouched. ``query_source(target)`` names the module the attention's processor really takes
-    its queries from now, so a swapped projection is refused instead of silently missed.
+    The hooks act only on denoiser calls whose call context (:mod:`..context`) names this handle: an
+    entry point (a SEG pipeline's ``__call__``, a pipeline armed by ``enable_seg``, the guider) sets it;
+    every other call — another thread, a plain function, a sibling pipeline sharing the denoiser — runs
+    untouched. ``scope`` is the pipeline or guider the handle serves (two handles on one denoiser need
+    different scopes). ``read_host(timestep, call)`` tells, for each denoiser call, whether CFG is on and
+    how far the denoising has progressed. ``query_source(target)`` names the module the attention's
+    processor really takes its queries from now, so a swapped projection is refused instead of missed.
     """
 
     def __init__(
@@ -217,17 +222,15 @@ class SegHooks:
         denoiser: nn.Module,
         targets: Sequence[QueryTarget],
         config: SegConfig,
-        read_host: Callable[[Any], HostStep],
+        read_host: Callable[[Any, SegCall], HostStep],
         undo_hint: str = "",
         fork: ForkPlan | None = None,
         read_inputs: Callable[[tuple, dict], DenoiserInputs] = unet_call_inputs,
         unbatched: frozenset[str] = frozenset(),
-        owns_call: Callable[[], bool] | None = None,
         scope: Any = None,
         query_source: Callable[[QueryTarget], nn.Module | None] | None = None,
         take_perturbed: Callable[[torch.Tensor], None] | None = None,
         one_call: bool = False,
-        in_place: bool = False,
     ) -> None:
         self.denoiser = denoiser
         self.fork = fork
@@ -237,18 +240,18 @@ class SegHooks:
         self.config = config
         self.read_host = read_host
         self.undo_hint = undo_hint
-        self.owns_call = owns_call
         self.scope = scope
         self.query_source = query_source or (lambda target: getattr(target.attention, target.source, None))
         # A guider combines the predictions itself: it receives the perturbed one and the host the cond one.
         self.take_perturbed = take_perturbed
         # Live for one denoiser call only (a guider's perturbed pass): removed when it ends, raised or not.
         self.one_call = one_call
-        # Perturb every row of the call instead of appending rows (a guider's separate perturbed pass,
-        # for denoisers whose inputs are per-sample lists); the output is left as it is.
-        self.in_place = in_place
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._state = _ThreadCall()
+        self._denoiser_output_handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._on_remove: list[Callable[[], None]] = []
+        # The call being served, for code torch.compile traces: dynamo cannot read a ContextVar, but it
+        # guards on this attribute (None, or the call), so a compiled graph never serves the wrong call.
+        self._published: SegCall | None = None
 
     def __repr__(self) -> str:
         scope = "any caller" if self.scope is None else f"{type(self.scope).__name__} at {id(self.scope):#x}"
@@ -267,12 +270,15 @@ class SegHooks:
                 self._handles.append(target.projection.register_forward_hook(self._query_hook(target)))
             for block in self.fork.blocks if self.fork else ():
                 self._handles.append(block.register_forward_pre_hook(self._widen_block_inputs, with_kwargs=True))
-            self._handles.append(self.denoiser.register_forward_hook(self._after_denoiser, with_kwargs=True))
+            output_hooks = [self.denoiser.register_forward_hook(self._after_denoiser, with_kwargs=True)]
             if self.one_call:
-                self._handles.append(self.denoiser.register_forward_hook(self._end_of_call, always_call=True))
+                output_hooks.append(self.denoiser.register_forward_hook(self._end_of_call, always_call=True))
+            self._handles += output_hooks
+            self._denoiser_output_handles = output_hooks
         except BaseException:
             self.remove()
             raise
+        _ATTACHED.setdefault(self.denoiser, []).append(self)
         return self
 
     def _refuse_stacking(self) -> None:
@@ -285,12 +291,49 @@ class SegHooks:
                     "pipeline call while it is active."
                 )
 
+    def call_on_remove(self, undo: Callable[[], None]) -> None:
+        """Run ``undo`` when the handle is removed (an entry point's own arming, e.g. a pipeline's class)."""
+        self._on_remove.append(undo)
+
     def remove(self) -> None:
         """Remove every hook; safe to call more than once."""
+        while self._on_remove:
+            self._on_remove.pop()()
         while self._handles:
             self._handles.pop().remove()
-        self._state.call = None
-        self._state.last_seg = None
+        attached = _ATTACHED.get(self.denoiser) if self.denoiser is not None else None
+        if attached is not None and self in attached:
+            attached.remove(self)
+        self._published = None
+
+    # serving calls ---------------------------------------------------------------------------
+    def new_call(self, arguments: Mapping[str, Any] | None = None, perturb_whole_call: bool = False) -> SegCall:
+        """A call record naming these hooks, with the host call's ``arguments`` and a fresh scratch."""
+        return SegCall(self, MappingProxyType(dict(arguments or {})), perturb_whole_call, state=CallState())
+
+    @contextmanager
+    def serving(self, arguments: Mapping[str, Any] | None = None) -> Iterator[SegCall]:
+        """Serve one entry-point call: inside the block, the denoiser calls of this thread / task get SEG."""
+        call = self.new_call(arguments)
+        token = self.open(call)
+        try:
+            yield call
+        finally:
+            self.close(token)
+
+    def open(self, call: SegCall) -> contextvars.Token:
+        """Start serving ``call`` (see :meth:`serving`); pair with :meth:`close`."""
+        self._published = call
+        return open_call(call)
+
+    def close(self, token: contextvars.Token | None) -> None:
+        close_call(token)
+        self._published = None
+
+    def _serving_call(self) -> SegCall | None:
+        """The call this thread serves with these hooks, or None: their hooks stay inert."""
+        call = self._published if torch.compiler.is_compiling() else current_call()
+        return call if call is not None and call.hooks is self else None
 
     @property
     def attached(self) -> bool:
@@ -313,27 +356,32 @@ class SegHooks:
                 )
 
     def _before_denoiser(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        state = self._state
+        serving_call = self._serving_call()
+        if serving_call is None:
+            return None  # not a call of this handle's entry point: it runs exactly as without SEG
+        state = serving_call.state
         state.call = None
         state.finished = False
         state.reference_call = False
-        if self.owns_call is not None and not self.owns_call():
-            return None  # another pipeline sharing this denoiser: it runs exactly as without SEG
         inputs = self.read_inputs(args, kwargs)
         if inputs.cond_reference:
             state.reference_call = True
             return None
         state.last_seg = None
-        host = self.read_host(inputs.timestep)
-        if not (host.seg_allowed and self.config.active_at(host.progress)):
+        host = self.read_host(inputs.timestep, serving_call)
+        if not host.seg_allowed:
             return None
+        if self.config.windowed:
+            progress = host.progress() if callable(host.progress) else host.progress
+            if not self.config.active_at(progress):
+                return None
         self._check_projections()
         host_rows = inputs.rows
         groups = 2 if host.cfg else 1
         if host_rows % groups:
             raise ValueError(f"CFG batch of {host_rows} rows is not [uncond, cond]; cannot add SEG rows.")
         seg_scale = self.config.scale * host.seg_scale_factor
-        if self.in_place:
+        if serving_call.perturb_whole_call:  # a perturbed call of its own: blur every row, add none
             state.call, state.reached = (
                 PerturbedCall(host, 0, host_rows, inputs.grid, seg_scale, inputs.text_tokens, frames=inputs.frames),
                 set(),
@@ -363,15 +411,17 @@ class SegHooks:
         )
 
     def _widen_block_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        call = self._state.call
+        serving_call = self._serving_call()
+        call = None if serving_call is None else serving_call.state.call
         return None if call is None or not call.forked else self._append_perturbed_rows(call, args, kwargs)
 
     def _query_hook(self, target: QueryTarget) -> Callable:
         def blur_perturbed_queries(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            state = self._state
-            call = state.call
-            if call is None:
+            serving_call = self._serving_call()
+            if serving_call is None or serving_call.state.call is None:
                 return None
+            state = serving_call.state
+            call = state.call
             expected = (call.host_rows + call.group_rows) * call.frames
             if output.shape[0] != expected:
                 raise RuntimeError(
@@ -436,11 +486,14 @@ class SegHooks:
         return blurred.reshape(q.shape)
 
     def _after_denoiser(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        state = self._state
+        serving_call = self._serving_call()
+        if serving_call is None:
+            return None
+        state = serving_call.state
         state.finished = True
         call, state.call = state.call, None
         if call is None:
-            return self._shift_cond_reference(output) if state.reference_call else None
+            return self._shift_cond_reference(state, output) if state.reference_call else None
         missed = [target.name for target in self.targets if target.name not in state.reached]
         if missed:
             raise RuntimeError(
@@ -448,7 +501,7 @@ class SegHooks:
                 f"never reached (first: {missed[0]}), so their queries were not blurred. "
                 f"{self.undo_hint}".strip()
             )
-        if self.in_place:
+        if call.host_rows == 0:  # a perturbed call of its own: its caller combines it
             return None
         pred = _first_output(output)
         if self.take_perturbed is not None and not call.host.cfg:
@@ -473,25 +526,27 @@ class SegHooks:
         return _replace_first_output(output, rows)
 
     def _end_of_call(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if self._state.finished:
+        serving_call = self._serving_call()
+        if serving_call is None:
+            return  # another caller's call ended; this handle's call is still to come
+        if serving_call.state.finished:
             self.remove()
             return
-        # The forward raised: torch is iterating the denoiser's forward-hook dict right now, so those
-        # two hooks (inert without a call in flight) go at the next remove(); every other hook goes now.
-        denoiser_hooks = self.denoiser._forward_hooks
-        keep = [handle for handle in self._handles if handle.id in denoiser_hooks]
+        # The forward raised: torch is iterating the denoiser's forward-hook dict right now, so our two
+        # hooks there (inert without a call in flight) go at the next remove(); every other hook goes now.
+        keep = self._denoiser_output_handles
         for handle in self._handles:
             if handle not in keep:
                 handle.remove()
-        self._handles = keep
-        self._state.call = None
+        self._handles = list(keep)
+        serving_call.state.call = None
 
-    def _shift_cond_reference(self, output: Any) -> Any:
+    def _shift_cond_reference(self, state: CallState, output: Any) -> Any:
         """On a cond-only reference call, add pred_seg − cond so ``host_cond − output`` is ``cond − output``.
 
         The host reads its cond prediction back from the rows SEG handed it, which are pred_seg.
         """
-        last_seg = self._state.last_seg
+        last_seg = state.last_seg
         if last_seg is None or output is None:
             return None
         pred_seg, pred_cond = last_seg

@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
-from .enable import enable_seg
+from .enable import attach_seg, host_arguments
 
 SEG_CALL_DOC = """
 SEG arguments (Smoothed Energy Guidance, added by smoothed-energy-guidance):
@@ -88,6 +88,7 @@ class SegCallMixin:
         __call__.__doc__ = (inspect.getdoc(host_call) or "") + "\n" + SEG_CALL_DOC
         __call__.__qualname__ = f"{cls.__qualname__}.__call__"
         cls.__call__ = __call__
+        cls._host_call = host_call
         cls._host_defaults = {
             name: parameter.default for name, parameter in inspect.signature(host_call).parameters.items()
         }
@@ -111,7 +112,7 @@ class SegCallMixin:
             )
         layers = seg_applied_layers_index if seg_applied_layers_index is not None else seg_applied_layers
         true_cfg = self._true_cfg_scale(kwargs)
-        with enable_seg(
+        hooks = attach_seg(
             self,
             scale=seg_scale,
             blur_sigma=seg_blur_sigma,
@@ -120,7 +121,11 @@ class SegCallMixin:
             start=seg_guidance_start,
             end=seg_guidance_end,
             true_cfg_scale=true_cfg,
-        ):
+        )
+        if not hooks.attached:  # seg_scale == 0: the plain pipeline (an enable_seg handle may still serve it)
+            return super().__call__(*args, **kwargs)
+        # This call is the entry point: its hooks act on the denoiser calls made inside it, and no others.
+        with hooks, hooks.serving(host_arguments(type(self)._host_call, self, args, kwargs)):
             return super().__call__(*args, **kwargs)
 
     def _true_cfg_scale(self, kwargs: dict[str, Any]) -> float:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import inspect
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from torch import nn
@@ -33,8 +37,11 @@ def enable_seg(
     """Make the pipeline's plain ``__call__`` run SEG until the returned handle is removed.
 
     Works on any supported diffusers pipeline (text2img, img2img, inpaint, ControlNet where the
-    family has them). The pipeline is not modified; its denoiser gets forward hooks. The handle
-    is a context manager and has an idempotent ``.remove()``.
+    family has them). While the handle lives, the pipeline object's class is a generated subclass of
+    its own class (same name, same signature) whose ``__call__`` tells the denoiser's hooks that the
+    call is a SEG call and then runs the pipeline's own ``__call__``; removing the handle restores the
+    class and removes every hook (``torch.nn.utils.parametrize`` changes modules the same way). The
+    handle is a context manager and has an idempotent ``.remove()``.
 
     Args:
         pipe: the diffusers pipeline.
@@ -46,9 +53,9 @@ def enable_seg(
         start, end: SEG runs on the steps whose index / number of steps is in ``[start, end)``,
             counting the steps of the loop the pipeline really runs (see :mod:`.progress`).
 
-    SEG acts only on calls made by ``pipe``: other pipelines sharing its UNet / transformer (e.g.
-    built with ``from_pipe``) run untouched, also from other threads. Enabling SEG again on the same
-    pipeline while a handle is active is refused; remove that handle first.
+    SEG acts only on calls of ``pipe.__call__``: other pipelines sharing its UNet / transformer (e.g.
+    built with ``from_pipe``), other threads and plain calls of the denoiser run untouched. Enabling
+    SEG again on the same pipeline while a handle is active is refused; remove that handle first.
         share_prefix: run the denoiser up to the first SEG block once for cond and perturbed rows
             (exact, and cheaper); False repeats the whole pass, as the official pipeline does.
         true_cfg_scale: families that run CFG as a second call (Flux, Chroma, Qwen-Image): the CFG scale
@@ -57,6 +64,24 @@ def enable_seg(
         temporal_sigma: video models: σ along time over the latent frames (0: none; > 9999: the mean
             over frames); ``blur_sigma`` is then the spatial σ within each frame.
     """
+    hooks = attach_seg(pipe, scale, blur_sigma, layers, start, end, share_prefix, true_cfg_scale, temporal_sigma)
+    if hooks.attached:
+        arm_pipeline(pipe, hooks)
+    return hooks
+
+
+def attach_seg(
+    pipe: Any,
+    scale: float = 3.0,
+    blur_sigma: float = float("inf"),
+    layers: str | Sequence[str] | None = None,
+    start: float = 0.0,
+    end: float = 1.0,
+    share_prefix: bool = True,
+    true_cfg_scale: float = 1.0,
+    temporal_sigma: float = 0.0,
+) -> SegHooks:
+    """SEG's hooks on the pipeline's denoiser, inert until an entry point serves a call with them."""
     config = SegConfig(
         scale=scale, blur_sigma=blur_sigma, layers=layers, start=start, end=end, temporal_sigma=temporal_sigma
     )
@@ -77,6 +102,54 @@ def enable_seg(
             "(seg.SmoothedEnergyGuidance), not through this pipeline class yet."
         )
     raise ValueError(f"{type(pipe).__name__} is not supported: SEG supports {SUPPORTED_FAMILIES} pipelines.")
+
+
+# The handle serving each armed pipeline object.
+_ARMED: weakref.WeakKeyDictionary[Any, SegHooks] = weakref.WeakKeyDictionary()
+
+
+def host_arguments(host_call: Callable, pipe: Any, args: tuple, kwargs: dict) -> Mapping[str, Any]:
+    """The host call's arguments by name, defaults filled in (empty when they do not bind: the host
+    then raises its own error)."""
+    try:
+        bound = inspect.signature(host_call).bind(pipe, *args, **kwargs)
+    except TypeError:
+        return MappingProxyType({})
+    bound.apply_defaults()
+    return MappingProxyType({name: value for name, value in bound.arguments.items() if name != "self"})
+
+
+@functools.cache
+def _armed_class(cls: type) -> type:
+    """``cls`` whose ``__call__`` serves the call with the pipeline's handle, then runs ``cls.__call__``."""
+    host_call = cls.__call__
+
+    @functools.wraps(host_call)
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        hooks = _ARMED.get(self)
+        if hooks is None or not hooks.attached:
+            return host_call(self, *args, **kwargs)
+        with hooks.serving(host_arguments(host_call, self, args, kwargs)):
+            return host_call(self, *args, **kwargs)
+
+    namespace = {"__call__": __call__, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    return type(cls.__name__, (cls,), {**namespace, "__doc__": cls.__doc__})
+
+
+def arm_pipeline(pipe: Any, hooks: SegHooks) -> None:
+    """Let ``pipe.__call__`` serve its calls with ``hooks`` until they are removed (then its class comes back)."""
+    original = type(pipe)
+    armed = _armed_class(original)
+    pipe.__class__ = armed
+    _ARMED[pipe] = hooks
+
+    def disarm() -> None:
+        if _ARMED.get(pipe) is hooks:
+            del _ARMED[pipe]
+        if type(pipe) is armed:
+            pipe.__class__ = original
+
+    hooks.call_on_remove(disarm)
 
 
 def refuse_attention_guidance_pipelines(pipe: Any) -> None:

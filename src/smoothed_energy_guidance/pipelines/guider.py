@@ -5,9 +5,12 @@ the denoiser once per batch. This guider asks for the usual CFG batches only (co
 when CFG is on): on the cond call, SEG's hooks fork the perturbed rows off after the shared
 prefix, blur their queries over the real grid, and hand the perturbed prediction to the guider,
 which combines ``uncond + g·(cond − uncond) + s·(cond − perturbed)`` (DESIGN.md §2) in
-:meth:`forward`. No third full pass is run — except for denoisers whose inputs are per-sample
-lists (Z-Image), which cannot take extra rows: there the guider asks for a third, cond batch and
-blurs that whole call.
+:meth:`forward`. No third full pass is run — except for denoisers that cannot take extra rows
+(Z-Image's per-sample lists, ERNIE-Image's sequence-first blocks): there the guider asks for a
+third, cond batch and blurs that whole call.
+
+The guider is an entry point: ``prepare_models(denoiser)`` opens the call context (:mod:`..context`)
+that lets its hooks act on that denoiser call, and ``cleanup_models`` closes it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from torch import nn
 from ..blur import INFINITE_SIGMA_THRESHOLD
 from ..guidance import SegConfig, rescale_noise_cfg
 from ..hooks import HostStep, SegHooks
-from .scope import denoiser_of_caller
+from .modular_caller import denoiser_of_modular_caller
 from .transformer import TRANSFORMER_FAMILIES, attach_seg_to_transformer, transformer_family
 from .unet import attach_seg_to_unet
 
@@ -133,6 +136,7 @@ class SmoothedEnergyGuidance(BaseGuidance):
             temporal_sigma=temporal_sigma,
         )
         self._hooks: SegHooks | None = None
+        self._call_token = None  # the call context opened by prepare_models
         self._pred_perturbed: torch.Tensor | None = None
         self._separate_pass = False  # the denoiser cannot take perturbed rows inside the cond call
 
@@ -172,11 +176,14 @@ class SmoothedEnergyGuidance(BaseGuidance):
         ]
 
     def _learn_denoiser(self) -> None:
-        """Whether this step needs a separate perturbed batch: read off the calling pipeline's denoiser."""
-        denoiser = denoiser_of_caller()
+        """Whether this step needs a separate perturbed batch, from the modular pipeline's denoiser."""
+        denoiser = denoiser_of_modular_caller()
         if denoiser is not None:
-            family = transformer_family(getattr(denoiser, "_orig_mod", denoiser))
-            self._separate_pass = family is not None and not family.forks
+            self._learn_family(denoiser)
+
+    def _learn_family(self, denoiser: nn.Module) -> None:
+        family = transformer_family(getattr(denoiser, "_orig_mod", denoiser))
+        self._separate_pass = family is not None and not family.forks
 
     def _batches(self) -> list[tuple[int, str]]:
         batches = [(0, "pred_cond")] + ([(1, "pred_uncond")] if self._is_cfg_enabled() else [])
@@ -193,11 +200,15 @@ class SmoothedEnergyGuidance(BaseGuidance):
     def prepare_models(self, denoiser: nn.Module) -> None:
         super().prepare_models(denoiser)
         self._remove_hooks()  # an interrupted earlier call may have left its hooks
+        self._learn_family(denoiser)  # for the next steps, where no modular caller tells it
         batch = self._current_batch()
         if batch == "pred_cond":
             self._pred_perturbed = None
         if self._is_seg_enabled() and batch == ("pred_cond_seg" if self._separate_pass else "pred_cond"):
             self._hooks = attach_seg_hooks(denoiser, self.seg, self._receive_perturbed, scope=self)
+            # the guider's entry point: its hooks act on the denoiser call it prepared, and on no other
+            call = self._hooks.new_call(perturb_whole_call=batch == "pred_cond_seg")
+            self._call_token = self._hooks.open(call)
 
     def cleanup_models(self, denoiser: nn.Module) -> None:
         self._remove_hooks()
@@ -210,6 +221,8 @@ class SmoothedEnergyGuidance(BaseGuidance):
     def _remove_hooks(self) -> None:
         # the hooks also remove themselves when their denoiser call ends, raised or not
         if self._hooks is not None:
+            self._hooks.close(self._call_token)
+            self._call_token = None
             self._hooks.remove()
             self._hooks = None
 
@@ -249,7 +262,7 @@ def guider_families() -> list[str]:
 def attach_seg_hooks(denoiser: nn.Module, config: SegConfig, take_perturbed: Any, scope: Any) -> SegHooks:
     """SEG hooks on any supported denoiser for one call whose every row is a cond row to perturb."""
     model = getattr(denoiser, "_orig_mod", denoiser)
-    read_host = lambda timestep: _GUIDER_CALL  # noqa: E731 - the guider decides steps itself
+    read_host = lambda timestep, call: _GUIDER_CALL  # noqa: E731 - the guider decides steps itself
     per_call = dict(scope=scope, take_perturbed=take_perturbed, one_call=True)
     if any(cls.__name__ == "UNet2DConditionModel" for cls in type(model).__mro__):
         return attach_seg_to_unet(denoiser, config, read_host, **per_call)

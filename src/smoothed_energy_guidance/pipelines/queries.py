@@ -1,4 +1,4 @@
-"""Where an attention module's queries really come from, read off its live attention processor.
+"""Where an attention module's queries really come from, told by its live attention processor's class.
 
 diffusers' ``unfuse_qkv_projections()`` restores the processors of classic ``Attention`` modules
 but leaves ``fused_projections=True`` and an unused ``to_qkv`` behind, so neither flag says which
@@ -34,31 +34,27 @@ def reads_fused_qkv(attention: nn.Module) -> bool:
     return keeps_flag_true and bool(getattr(attention, "fused_projections", False))
 
 
-def _names_used(function: object, depth: int = 2) -> set[str]:
-    """Global and attribute names a function's code uses, following the module's own helpers it calls
-    (Qwen-Image 2.1 projects and normalises its queries in a shared helper)."""
-    code = getattr(function, "__code__", None)
-    if code is None:
-        return set()
-    names = set(code.co_names)
-    if depth > 0:
-        module_globals = getattr(function, "__globals__", {})
-        for name in code.co_names:
-            helper = module_globals.get(name)
-            if callable(helper) and getattr(helper, "__code__", None) is not None:
-                names |= _names_used(helper, depth - 1)
-    return names
+# diffusers' processors that leave an attention's ``norm_q`` unused (SD3's fused joint processor, the classic
+# and IP-Adapter processors of ``Attention``); every other processor of a module with ``norm_q`` applies it.
+PROCESSORS_WITHOUT_QUERY_NORM = frozenset(
+    {
+        "AttnProcessor",
+        "AttnProcessorNPU",
+        "FusedJointAttnProcessor2_0",
+        "IPAdapterAttnProcessor",
+        "IPAdapterAttnProcessor2_0",
+        "IPAdapterXFormersAttnProcessor",
+        "SlicedAttnProcessor",
+        "XFormersAttnProcessor",
+    }
+)
 
 
 def applies_query_norm(attention: nn.Module) -> bool:
-    """Whether the processor normalises the queries with ``attention.norm_q`` (SD3's fused one does not)."""
+    """Whether the attention's processor normalises the queries with ``attention.norm_q``."""
     if getattr(attention, "norm_q", None) is None:
         return False
-    processor_type = type(getattr(attention, "processor", None))
-    processor_call = next((vars(cls)["__call__"] for cls in processor_type.__mro__ if "__call__" in vars(cls)), None)
-    if getattr(processor_call, "__code__", None) is None:
-        return True
-    return "norm_q" in _names_used(processor_call)
+    return type(getattr(attention, "processor", None)).__name__ not in PROCESSORS_WITHOUT_QUERY_NORM
 
 
 def query_source(attention: nn.Module, norm_token_dim: int = 1) -> QuerySource:

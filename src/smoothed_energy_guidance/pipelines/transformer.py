@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..context import SegCall
 from ..guidance import SegConfig
 from ..hooks import DenoiserInputs, ForkPlan, HostStep, QueryTarget, SegHooks
 from ..layers import BlockInventory, resolve_block_layers
 from .progress import LoopProgress
 from .queries import query_source
-from .scope import call_owner_check
 
 UNDO_HINT = "Enable SEG again after fusing QKV projections, loading LoRA or replacing the transformer."
 
@@ -520,8 +520,10 @@ class _TrueCfgContext:
         self.registry.register_hook(self.hook, self.name)
 
     def current(self) -> str | None:
-        context = self.hook.state._context
-        return None if context is None else context.name
+        try:
+            return self.hook.state.context.name
+        except ValueError:  # diffusers' way of saying that no cache context is set
+            return None
 
     def remove(self) -> None:
         if self.name in self.registry.hooks:
@@ -551,8 +553,10 @@ def transformer_host_reader(pipe: Any, family: TransformerFamily, true_cfg_scale
         last_timestep.value = None if repeated else value
         return repeated
 
-    def read(timestep: Any) -> HostStep:
-        progress = loop_progress(timestep * family.timestep_scale if timestep is not None else None)
+    def read(timestep: Any, call: SegCall) -> HostStep:
+        def progress() -> float:
+            return loop_progress(timestep * family.timestep_scale if timestep is not None else None)
+
         # SEG joins the cond call only, with s/g, so that
         # neg + g·(pos' − neg) = neg + g·(pos − neg) + s·(pos − perturbed)
         uncond = is_uncond_call(timestep)
@@ -588,7 +592,6 @@ def enable_seg_transformer(
             config,
             transformer_host_reader(pipe, family, true_cfg_scale, context),
             share_prefix,
-            owns_call=call_owner_check(pipe, pipe.transformer),
             scope=pipe,
             context=context,
         )
@@ -601,18 +604,17 @@ def enable_seg_transformer(
 def attach_seg_to_transformer(
     transformer: nn.Module,
     config: SegConfig,
-    read_host: Callable[[Any], HostStep],
+    read_host: Callable[[Any, SegCall], HostStep],
     share_prefix: bool = True,
-    owns_call: Callable[[], bool] | None = None,
     scope: Any = None,
     take_perturbed: Callable[[Any], None] | None = None,
     context: _TrueCfgContext | None = None,
     one_call: bool = False,
 ) -> SegHooks:
-    """Attach SEG's hooks to a transformer driven by any loop; ``read_host(timestep)`` describes each call.
+    """Attach SEG's hooks to a transformer driven by any loop; ``read_host(timestep, call)`` describes each call.
 
-    Families that cannot take extra rows inside a call (``forks=False``) get hooks that perturb the
-    whole call in place: the caller makes a separate perturbed call.
+    Families that cannot take extra rows inside a call (``forks=False``) get their perturbed prediction
+    from a call of its own (the guider's separate batch), every row of it blurred.
     """
     model = getattr(transformer, "_orig_mod", transformer)
     family = transformer_family(model)
@@ -628,12 +630,10 @@ def attach_seg_to_transformer(
         transformer_fork_plan(model, names, family) if share_prefix and family.forks and family.shares_prefix else None,
         read_inputs=lambda args, kwargs: family.read_inputs(model, args, kwargs),
         unbatched=family.unbatched,
-        owns_call=owns_call,
         scope=scope,
         query_source=lambda target: query_source(target.attention, family.query_token_dim).module,
         take_perturbed=take_perturbed,
         one_call=one_call,
-        in_place=not family.forks,
     )
     hooks.context = context
     try:

@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..context import SegCall
 from ..guidance import SegConfig
 from ..hooks import ForkPlan, HostStep, QueryTarget, SegHooks, append_cond_rows
 from ..layers import AttentionInventory, resolve_layers, unet_self_attention_inventory
 from .progress import LoopProgress
 from .queries import query_source
-from .scope import call_owner_check, pipeline_call_locals
 
 UNDO_HINT = (
     "Enable SEG again after fusing QKV projections, loading LoRA or replacing the UNet "
@@ -127,23 +127,27 @@ def unet_fork_plan(unet: nn.Module, layer_names: Sequence[str]) -> ForkPlan:
 
 
 def host_reader(pipe: Any):
-    """Read, per denoiser call, what the host pipeline's own loop is doing."""
+    """Read, per denoiser call, what the host pipeline's own loop is doing: its public CFG properties,
+    or (PixArt, which has none) the call's own ``guidance_scale`` argument, CFG on above 1 as there."""
 
     progress = LoopProgress(pipe)
 
-    def read(timestep: Any) -> HostStep:
+    def read(timestep: Any, call: SegCall) -> HostStep:
         if hasattr(type(pipe), "do_classifier_free_guidance"):
             cfg, guidance_scale = pipe.do_classifier_free_guidance, pipe.guidance_scale
-        else:  # PixArt keeps them as locals of its __call__
-            settings = pipeline_call_locals(pipe)
-            cfg, guidance_scale = settings.get("do_classifier_free_guidance"), settings.get("guidance_scale")
-            if cfg is None or guidance_scale is None:
-                raise RuntimeError(f"SEG could not read the CFG settings of the running {type(pipe).__name__} call.")
+        else:
+            guidance_scale = call.arguments.get("guidance_scale")
+            if not isinstance(guidance_scale, (int, float)):
+                raise RuntimeError(
+                    f"SEG could not read the guidance_scale of this {type(pipe).__name__} call; call the pipeline "
+                    "through its SEG class or a handle from seg.enable_seg."
+                )
+            cfg = guidance_scale > 1.0
         return HostStep(
             cfg=bool(cfg),
             guidance_scale=float(guidance_scale),
             guidance_rescale=float(getattr(pipe, "guidance_rescale", 0.0) or 0.0),
-            progress=progress(timestep),
+            progress=lambda: progress(timestep),
         )
 
     return read
@@ -151,23 +155,21 @@ def host_reader(pipe: Any):
 
 def enable_seg_unet(pipe: Any, config: SegConfig, share_prefix: bool = True) -> SegHooks:
     """Attach SEG to ``pipe.unet`` (SD 1.x / 2.x / SDXL families), acting on ``pipe``'s calls only."""
-    owns_call = call_owner_check(pipe, pipe.unet)
-    return attach_seg_to_unet(pipe.unet, config, host_reader(pipe), share_prefix, owns_call, scope=pipe)
+    return attach_seg_to_unet(pipe.unet, config, host_reader(pipe), share_prefix, scope=pipe)
 
 
 def attach_seg_to_unet(
     unet: nn.Module,
     config: SegConfig,
-    read_host: Callable[[Any], HostStep],
+    read_host: Callable[[Any, SegCall], HostStep],
     share_prefix: bool = True,
-    owns_call: Callable[[], bool] | None = None,
     scope: Any = None,
     take_perturbed: Callable[[torch.Tensor], None] | None = None,
     one_call: bool = False,
 ) -> SegHooks:
-    """Attach SEG's hooks to a UNet driven by any loop; ``read_host(timestep)`` describes each call.
+    """Attach SEG's hooks to a UNet driven by any loop; ``read_host(timestep, call)`` describes each call.
 
-    ``owns_call`` / ``scope``: restrict SEG to the calls of one pipeline; ``take_perturbed``: hand
+    ``scope``: the pipeline or guider the hooks serve; ``take_perturbed``: hand
     the perturbed prediction to a guider instead of combining (see :class:`SegHooks`).
     """
     model = getattr(unet, "_orig_mod", unet)  # the module inside torch.compile's wrapper
@@ -182,7 +184,6 @@ def attach_seg_to_unet(
         read_host,
         UNDO_HINT,
         fork,
-        owns_call=owns_call,
         scope=scope,
         query_source=current_query_module,
         take_perturbed=take_perturbed,

@@ -183,6 +183,23 @@ def _replace_first_output(output: Any, sample: torch.Tensor) -> Any:
     return output
 
 
+def make_torch_compile_see_hooks() -> None:
+    """Let torch.compile notice SEG's forward hooks coming and going between calls.
+
+    By default dynamo does not guard on module hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``,
+    documented there as unsafe when hooks are added or removed after compiling): a graph traced before
+    SEG's hooks existed — a plain warm-up call, a SEG-off call, another UNet of the same class, another
+    instance of a repeated block — would keep running without them. Turning the guard on makes dynamo
+    trace once with and once without the hooks (measured: no recompiles when SEG is toggled). Graphs
+    traced before this call carry no such guard, so the first time it flips the setting it clears
+    torch.compile's caches once (``torch.compiler.reset``).
+    """
+    config = torch._dynamo.config
+    if config.skip_nnmodule_hook_guards:
+        config.skip_nnmodule_hook_guards = False
+        torch.compiler.reset()
+
+
 # The SEG handles attached to each denoiser, in attach order (our own record: torch's hook dicts are private).
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, list[SegHooks]] = weakref.WeakKeyDictionary()
 
@@ -264,6 +281,7 @@ class SegHooks:
         if not self.config.enabled:
             return self  # s == 0: nothing may run
         self._refuse_stacking()
+        make_torch_compile_see_hooks()
         try:
             self._handles.append(self.denoiser.register_forward_pre_hook(self._before_denoiser, with_kwargs=True))
             for target in self.targets:
@@ -526,6 +544,8 @@ class SegHooks:
         return _replace_first_output(output, rows)
 
     def _end_of_call(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if torch.compiler.is_compiling():
+            return  # a traced call cannot remove hooks; the guider removes them when the call is over
         serving_call = self._serving_call()
         if serving_call is None:
             return  # another caller's call ended; this handle's call is still to come

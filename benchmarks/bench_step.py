@@ -26,8 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from smoothed_energy_guidance.blur import blur_queries
 from smoothed_energy_guidance.guidance import SegConfig
 from smoothed_energy_guidance.hooks import HostStep
-from smoothed_energy_guidance.pipelines.tiny import SDXL_UNET_CONFIG
 from smoothed_energy_guidance.pipelines.unet import attach_seg_to_unet
+from smoothed_energy_guidance.testing import SDXL_UNET_CONFIG
 
 # SDXL's UNet at quarter width (DESIGN.md §6)
 BENCH_UNET = {
@@ -53,7 +53,11 @@ CASES = {
     "seg+cfg inactive": (2, True, SegConfig(blur_sigma=10.0, start=0.5), True),
     "seg+cfg scale 0": (2, True, SegConfig(scale=0.0), True),
     "cfg again": (2, True, None, True),  # the same as "cfg": shows the harness's noise floor
+    # the same UNet compiled by inductor (compile time excluded: the warm-up runs compile)
+    "cfg compiled": (2, True, None, True),
+    "seg+cfg compiled": (2, True, SegConfig(blur_sigma=10.0), True),
 }
+COMPILED = ("cfg compiled", "seg+cfg compiled")
 
 
 def build_unet():
@@ -162,8 +166,9 @@ def main() -> None:
 
     torch.manual_seed(0)
     unet = build_unet()
-    runners = {case: step_runner(unet, case) for case in CASES}
-    for run in runners.values():  # warm-up
+    compiled = torch.compile(unet)
+    runners = {case: step_runner(compiled if case in COMPILED else unet, case) for case in CASES}
+    for run in [*runners.values(), *runners.values()]:  # warm-up: compiles with and without SEG's hooks
         run()
     times: dict[str, list[float]] = {case: [] for case in CASES}
     cases = list(CASES)
@@ -175,7 +180,7 @@ def main() -> None:
     median = {case: statistics.median(t) for case, t in times.items()}
     share = post_fork_flop_share(unet)
     blur = blur_seconds()
-    memory = {case: peak_memory_mb(case) for case in CASES} if not args.no_memory else {}
+    memory = {case: peak_memory_mb(case) for case in CASES if case not in COMPILED} if not args.no_memory else {}
 
     rows = [
         ("plain (batch 1)", "plain", "plain", "1.000"),
@@ -186,6 +191,8 @@ def main() -> None:
         ("SEG + CFG, outside its window", "seg+cfg inactive", "cfg", "1.000"),
         ("SEG + CFG, scale 0", "seg+cfg scale 0", "cfg", "1.000"),
         ("CFG again (noise floor of this harness)", "cfg again", "cfg", "1.000"),
+        ("CFG, UNet compiled (inductor)", "cfg compiled", "cfg compiled", "1.000"),
+        ("SEG + CFG, UNet compiled (inductor)", "seg+cfg compiled", "cfg compiled", f"{1 + share / 2:.3f}"),
     ]
     lines = [
         "| configuration | median step (s) | ratio | against | FLOP-model limit | peak step memory (MB) |",
@@ -193,7 +200,7 @@ def main() -> None:
     ]
     for label, case, base, limit in rows:
         ratio = median[case] / median[base]
-        mem = f"{memory[case]:.0f}" if memory else "—"
+        mem = f"{memory[case]:.0f}" if case in memory else "—"
         lines.append(f"| {label} | {median[case]:.3f} | **{ratio:.3f}×** | {base} | {limit}× | {mem} |")
     blur_share = blur / median["seg+cfg"]
     notes = [
@@ -205,7 +212,11 @@ def main() -> None:
         f"- {args.rounds} interleaved rounds after one warm-up; CPU: {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}.",
         "- Peak step memory: growth of the resident set's high-water mark over one step (reset through "
-        "/proc/self/clear_refs just before it), in a fresh process per row, after one warm-up step.",
+        "/proc/self/clear_refs just before it), in a fresh process per row, after one warm-up step "
+        "(not measured for the compiled rows).",
+        f"- Compiled rows: `torch.compile(unet)` (inductor), two warm-up rounds so that the graphs with and "
+        f"without SEG's hooks are compiled before timing; compiled CFG is "
+        f"{median['cfg compiled'] / median['cfg']:.3f}× eager CFG.",
     ]
     table = "\n".join(lines + notes)
     print(table)

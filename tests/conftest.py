@@ -17,7 +17,7 @@ MIN_EFFECT = 100 * TOLERANCE
 
 @pytest.fixture(scope="session")
 def components():
-    from smoothed_energy_guidance.pipelines.tiny import tiny_sdxl_components
+    from smoothed_energy_guidance.testing import tiny_sdxl_components
 
     return tiny_sdxl_components(seed=0)
 

@@ -11,7 +11,7 @@ import torch
 import smoothed_energy_guidance as seg
 from conftest import MIN_EFFECT, TOLERANCE, make_pipe, no_hooks_left
 from reference import reference_seg_motion_unet
-from smoothed_energy_guidance.pipelines.tiny import tiny_sd_components
+from smoothed_energy_guidance.testing import tiny_sd_components
 
 # 3 frames of 32 × 24 pixels → 16 × 12 latents; the mid block sees 8 × 6
 CALL = dict(prompt="a red circle", num_frames=3, height=32, width=24, num_inference_steps=2)

@@ -139,7 +139,7 @@ def test_lora_option_loads_weights(tmp_path, capsys):
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from smoothed_energy_guidance.pipelines.tiny import tiny_sdxl_components
+    from smoothed_energy_guidance.testing import tiny_sdxl_components
 
     unet = tiny_sdxl_components(seed=0)["unet"]
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ from test_cli_edges import seg
 from test_video import wan_parts
 
 from conftest import make_pipe
-from smoothed_energy_guidance.pipelines.tiny import tiny_t5_encoder, tiny_t5_tokenizer
+from smoothed_energy_guidance.testing import tiny_t5_encoder, tiny_t5_tokenizer
 
 
 def test_seg_generate_writes_an_mp4_and_webp_with_settings(tmp_path):

@@ -15,7 +15,7 @@ import torch
 
 import smoothed_energy_guidance as seg
 from conftest import MIN_EFFECT, latents, make_pipe
-from smoothed_energy_guidance.pipelines.tiny import tiny_flux_components
+from smoothed_energy_guidance.testing import tiny_flux_components
 
 COMPILED_TOLERANCE = 1e-5
 
@@ -199,7 +199,7 @@ sys.path.insert(0, {tests!r})
 import smoothed_energy_guidance as seg
 from conftest import latents, make_pipe
 from diffusers import StableDiffusionXLPipeline
-from smoothed_energy_guidance.pipelines.tiny import tiny_sdxl_components
+from smoothed_energy_guidance.testing import tiny_sdxl_components
 
 pipe = make_pipe(StableDiffusionXLPipeline, tiny_sdxl_components(seed=0))
 def run():

@@ -10,7 +10,7 @@ import torch
 import smoothed_energy_guidance as seg
 from conftest import MIN_EFFECT, TOLERANCE, assert_matches_reference, latents, layer_names, make_pipe
 from smoothed_energy_guidance.pipelines.registry import SEG_CLASSES
-from smoothed_energy_guidance.pipelines.tiny import (
+from smoothed_energy_guidance.testing import (
     tiny_flux_components,
     tiny_sd3_components,
     tiny_sd_components,

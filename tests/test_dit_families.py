@@ -21,7 +21,7 @@ from test_guider_families import qwen_image_transformer
 
 import smoothed_energy_guidance as seg
 from conftest import MIN_EFFECT, TOLERANCE, make_pipe, no_hooks_left
-from smoothed_energy_guidance.pipelines.tiny import _tiny_vae, sharpen_transformer, tiny_sd3_components
+from smoothed_energy_guidance.testing import _tiny_vae, sharpen_transformer, tiny_sd3_components
 
 GRID = (8, 12)  # the token grid of every case below: non-square on purpose
 

@@ -127,7 +127,7 @@ def test_attention_at_two_levels_uses_each_layers_own_grid(components, plain_pip
     from diffusers import StableDiffusionXLPipeline
 
     from smoothed_energy_guidance import StableDiffusionXLSEGPipeline
-    from smoothed_energy_guidance.pipelines.tiny import sharpen_self_attention, tiny_sdxl_unet
+    from smoothed_energy_guidance.testing import sharpen_self_attention, tiny_sdxl_unet
 
     torch.manual_seed(1)
     unet = tiny_sdxl_unet(down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2)

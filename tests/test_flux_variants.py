@@ -17,7 +17,7 @@ from reference_dit import reference_seg_transformer
 
 import smoothed_energy_guidance as seg
 from conftest import MIN_EFFECT, TOLERANCE, make_pipe, no_hooks_left
-from smoothed_energy_guidance.pipelines.tiny import (
+from smoothed_energy_guidance.testing import (
     _tiny_vae,
     sharpen_transformer,
     tiny_flux_components,

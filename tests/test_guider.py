@@ -12,7 +12,7 @@ from reference_dit import reference_seg_transformer
 import smoothed_energy_guidance as seg
 from conftest import MIN_EFFECT, TOLERANCE, latents, layer_names, make_pipe, no_hooks_left
 from reference import reference_seg
-from smoothed_energy_guidance.pipelines.tiny import tiny_sd3_components, tiny_sdxl_components
+from smoothed_energy_guidance.testing import tiny_sd3_components, tiny_sdxl_components
 
 pytestmark = pytest.mark.filterwarnings("ignore:Guiders are currently an experimental feature")
 
@@ -145,7 +145,7 @@ def test_modular_sdxl_inpaint_without_cfg_matches_the_reference(sdxl_parts):
 def test_modular_sdxl_tasks_match_the_reference(sdxl_parts, task):
     from diffusers import StableDiffusionXLControlNetPipeline, StableDiffusionXLImg2ImgPipeline
 
-    from smoothed_energy_guidance.pipelines.tiny import tiny_controlnet
+    from smoothed_energy_guidance.testing import tiny_controlnet
 
     extra_parts, ours_call, host_call = {}, {}, {}
     if task == "controlnet":

@@ -14,7 +14,7 @@ from reference_dit import reference_seg_transformer
 
 import smoothed_energy_guidance as seg
 from conftest import MIN_EFFECT, TOLERANCE, no_hooks_left
-from smoothed_energy_guidance.pipelines.tiny import sharpen_transformer
+from smoothed_energy_guidance.testing import sharpen_transformer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Guiders are currently an experimental feature")
 GRID = (6, 10)  # token grid of the generated image: non-square on purpose
@@ -193,14 +193,15 @@ def test_z_image_guider_runs_a_separate_perturbed_call_matching_the_reference():
     guider = seg.SmoothedEnergyGuidance(guidance_scale=4.0, blur_sigma=1.0)
     calls = []
     handle = model.register_forward_pre_hook(lambda module, args: calls.append(1))
-    components = type("Components", (), {"transformer": model})()  # what a modular denoise block holds
     with torch.no_grad():
         guider.set_state(step=0, num_inference_steps=4, timestep=torch.tensor(500))
         batches = guider.prepare_inputs({"cap_feats": texts})
+        # as a modular denoise block does: the guider learns the denoiser from its first prepare_models and
+        # adds the perturbed batch to the list being iterated
         for batch in batches:
-            guider.prepare_models(components.transformer)
+            guider.prepare_models(model)
             batch.noise_pred = predict(batch.cap_feats)
-            guider.cleanup_models(components.transformer)
+            guider.cleanup_models(model)
         ours = guider(batches)[0]
         handle.remove()
         cond, uncond = predict(texts[0]), predict(texts[1])

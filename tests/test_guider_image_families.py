@@ -22,7 +22,7 @@ from reference_dit import _blur_rows
 
 import smoothed_energy_guidance as seg
 from conftest import MIN_EFFECT, TOLERANCE, no_hooks_left
-from smoothed_energy_guidance.pipelines.tiny import sharpen_transformer
+from smoothed_energy_guidance.testing import sharpen_transformer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Guiders are currently an experimental feature")
 GRID = (6, 10)  # the generated image's token grid: non-square on purpose

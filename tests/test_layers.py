@@ -7,7 +7,7 @@ import torch
 
 from smoothed_energy_guidance.hooks import layer_grid
 from smoothed_energy_guidance.layers import AttentionInventory, resolve_layers, unet_self_attention_inventory
-from smoothed_energy_guidance.pipelines.tiny import SDXL_UNET_CONFIG
+from smoothed_energy_guidance.testing import SDXL_UNET_CONFIG
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ class TinyFeatures(torch.nn.Module):
 def tiny_clip():
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from smoothed_energy_guidance.pipelines.tiny import tiny_clip_tokenizer
+    from smoothed_energy_guidance.testing import tiny_clip_tokenizer
 
     config = CLIPConfig(
         text_config=dict(

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import assert_matches_reference, latents, layer_names, make_pipe
-from smoothed_energy_guidance.pipelines.tiny import tiny_controlnet, tiny_sdxl_components
+from smoothed_energy_guidance.testing import tiny_controlnet, tiny_sdxl_components
 
 
 def picture(seed: int, size: int = 32, mode: str = "RGB") -> Image.Image:

@@ -18,7 +18,7 @@ from PIL import Image
 
 import smoothed_energy_guidance as seg
 from conftest import make_pipe
-from smoothed_energy_guidance.pipelines.tiny import tiny_sdxl_components
+from smoothed_energy_guidance.testing import tiny_sdxl_components
 
 STEPS = 8
 SCHEDULERS = sorted(EulerDiscreteScheduler().compatibles, key=lambda cls: cls.__name__)

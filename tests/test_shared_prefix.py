@@ -7,7 +7,7 @@ import torch
 
 import smoothed_energy_guidance as seg
 from conftest import latents, make_pipe
-from smoothed_energy_guidance.pipelines.tiny import sharpen_self_attention, tiny_controlnet, tiny_sdxl_unet
+from smoothed_energy_guidance.testing import sharpen_self_attention, tiny_controlnet, tiny_sdxl_unet
 
 SHARED_TOLERANCE = 1e-5
 

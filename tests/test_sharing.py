@@ -9,7 +9,7 @@ import torch
 
 import smoothed_energy_guidance as seg
 from conftest import MIN_EFFECT, latents, make_pipe
-from smoothed_energy_guidance.pipelines.tiny import tiny_sd3_components
+from smoothed_energy_guidance.testing import tiny_sd3_components
 
 
 def run(pipe, guidance_scale=5.0, steps=3, **extra):

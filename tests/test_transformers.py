@@ -10,7 +10,7 @@ from reference_dit import reference_seg_transformer
 
 import smoothed_energy_guidance as seg
 from conftest import MIN_EFFECT, TOLERANCE, make_pipe, no_hooks_left
-from smoothed_energy_guidance.pipelines.tiny import tiny_flux_components, tiny_sd3_components
+from smoothed_energy_guidance.testing import tiny_flux_components, tiny_sd3_components
 
 TEXT = 16  # max_sequence_length in these tests: the T5 tokens ahead of the image in Flux's single blocks
 
@@ -238,7 +238,7 @@ def test_sd15_pipeline_matches_the_unet_reference(layers, guidance, part, chosen
     from diffusers import StableDiffusionPipeline
 
     from conftest import assert_matches_reference, latents, layer_names
-    from smoothed_energy_guidance.pipelines.tiny import tiny_sd_components
+    from smoothed_energy_guidance.testing import tiny_sd_components
 
     parts = tiny_sd_components(seed=0)
     ours = make_pipe(seg.StableDiffusionSEGPipeline, parts)
@@ -266,7 +266,7 @@ def test_sd15_pipeline_matches_the_unet_reference(layers, guidance, part, chosen
 def test_from_pipe_picks_the_seg_class_for_every_family(sd3_parts, flux_parts):
     from diffusers import DDPMPipeline, FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, UNet2DModel
 
-    from smoothed_energy_guidance.pipelines.tiny import tiny_sd_components
+    from smoothed_energy_guidance.testing import tiny_sd_components
 
     for host_cls, parts, seg_cls in [
         (StableDiffusionPipeline, tiny_sd_components(), seg.StableDiffusionSEGPipeline),
@@ -301,7 +301,7 @@ def test_sd15_img2img_inpaint_and_controlnet_match_the_reference(task):
     from PIL import Image
 
     from conftest import assert_matches_reference, layer_names
-    from smoothed_energy_guidance.pipelines.tiny import tiny_controlnet, tiny_sd_components
+    from smoothed_energy_guidance.testing import tiny_controlnet, tiny_sd_components
 
     parts = tiny_sd_components(seed=2)
     image = Image.effect_noise((32, 32), 80).convert("RGB")

@@ -9,7 +9,7 @@ from PIL import Image
 
 import smoothed_energy_guidance as seg
 from conftest import assert_matches_reference, layer_names, make_pipe, no_hooks_left
-from smoothed_energy_guidance.pipelines.tiny import tiny_controlnet, tiny_sd_components, tiny_sdxl_components
+from smoothed_energy_guidance.testing import tiny_controlnet, tiny_sd_components, tiny_sdxl_components
 
 
 def noise_image(seed: int, mode: str = "RGB", size: int = 32) -> Image.Image:
@@ -75,7 +75,7 @@ def kolors_parts():
     unet_config["projection_class_embeddings_input_dim"] = 32 + 6 * unet_config["addition_time_embed_dim"]
     torch.manual_seed(2)
     unet = type(parts["unet"]).from_config(unet_config)
-    from smoothed_energy_guidance.pipelines.tiny import sharpen_self_attention
+    from smoothed_energy_guidance.testing import sharpen_self_attention
 
     sharpen_self_attention(unet, 4.0)
     return dict(

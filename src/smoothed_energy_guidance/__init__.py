@@ -15,6 +15,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+# Names of the core and of the engine; the SEG pipeline classes come from the family table (see _exports).
 _EXPORTS = {
     "SegConfig": "guidance",
     "apply_seg": "guidance",
@@ -23,60 +24,28 @@ _EXPORTS = {
     "enable_seg": "pipelines",
     "from_pipe": "pipelines",
     "SmoothedEnergyGuidance": "pipelines",
-    "StableDiffusionSEGPipeline": "pipelines",
-    "MochiSEGPipeline": "pipelines",
-    "AnimateDiffSEGPipeline": "pipelines",
-    "AnimateDiffSEGVideoToVideoPipeline": "pipelines",
-    "HunyuanVideoSEGPipeline": "pipelines",
-    "LTXSEGPipeline": "pipelines",
-    "LTXSEGImageToVideoPipeline": "pipelines",
-    "CogVideoXSEGPipeline": "pipelines",
-    "CogVideoXSEGImageToVideoPipeline": "pipelines",
-    "WanSEGPipeline": "pipelines",
-    "WanSEGImageToVideoPipeline": "pipelines",
-    "StableDiffusion3ControlNetSEGPipeline": "pipelines",
-    "FluxFillSEGPipeline": "pipelines",
-    "FluxKontextSEGPipeline": "pipelines",
-    "ChromaSEGPipeline": "pipelines",
-    "ChromaSEGImg2ImgPipeline": "pipelines",
-    "QwenImageSEGPipeline": "pipelines",
-    "QwenImageSEGImg2ImgPipeline": "pipelines",
-    "QwenImageEditSEGPipeline": "pipelines",
-    "PixArtAlphaSEGPipeline": "pipelines",
-    "PixArtSigmaSEGPipeline": "pipelines",
-    "HunyuanDiTSEGPipeline": "pipelines",
-    "SanaSEGPipeline": "pipelines",
-    "StableDiffusionControlNetSEGImg2ImgPipeline": "pipelines",
-    "StableDiffusionControlNetSEGInpaintPipeline": "pipelines",
-    "StableDiffusionXLControlNetSEGImg2ImgPipeline": "pipelines",
-    "StableDiffusionXLControlNetSEGInpaintPipeline": "pipelines",
-    "KolorsSEGPipeline": "pipelines",
-    "KolorsSEGImg2ImgPipeline": "pipelines",
-    "StableDiffusionSEGImg2ImgPipeline": "pipelines",
-    "StableDiffusionSEGInpaintPipeline": "pipelines",
-    "StableDiffusionControlNetSEGPipeline": "pipelines",
-    "StableDiffusion3SEGPipeline": "pipelines",
-    "StableDiffusion3SEGImg2ImgPipeline": "pipelines",
-    "FluxSEGPipeline": "pipelines",
-    "FluxSEGImg2ImgPipeline": "pipelines",
     "load_pipeline": "pipelines",
-    "StableDiffusionXLSEGPipeline": "pipelines",
-    "StableDiffusionXLSEGImg2ImgPipeline": "pipelines",
-    "StableDiffusionXLSEGInpaintPipeline": "pipelines",
-    "StableDiffusionXLControlNetSEGPipeline": "pipelines",
-    "StableDiffusionXLSEGControlNetPipeline": "pipelines",
+    "StableDiffusionXLSEGControlNetPipeline": "pipelines",  # the name the official SEG repository uses
 }
 
-__all__ = sorted(_EXPORTS)
+
+def _exports() -> dict[str, str]:
+    """Every public name and the submodule it lives in: the names above and every SEG class in the table."""
+    from .families import seg_class_hosts
+
+    return {**_EXPORTS, **dict.fromkeys(seg_class_hosts(), "pipelines")}
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
+    if name == "__all__":
+        return sorted(_exports())
+    module = _EXPORTS.get(name) or _exports().get(name)
+    if module is None:
         raise AttributeError(f"module 'smoothed_energy_guidance' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    return sorted({*globals(), *_exports()})

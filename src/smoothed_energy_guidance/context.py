@@ -1,10 +1,11 @@
 """The explicit call context: which SEG call, if any, the current thread or task is serving.
 
 Only an entry point knows that a denoiser call is a SEG call: a SEG pipeline's ``__call__``, a pipeline
-armed by ``enable_seg``, the guider's ``prepare_models``. It sets a :class:`SegCall` for the duration
-of its call (``with serving(call): ...``, or ``open_call`` / ``close_call`` where the call's start and
-end are two host callbacks). Hooks act only when the context names them; everything else — other
-threads, plain functions calling the denoiser, sibling pipelines sharing it — runs untouched.
+armed by ``enable_seg``, the guider's ``prepare_models``. It sets a :class:`SegCall` for the duration of its
+call: ``open_call`` … ``close_call`` in ``try/finally`` (``SegHooks.serving``), or in the two host callbacks
+that start and end it (the guider's ``prepare_models`` / ``cleanup_models``). Hooks act only when the
+context names them; everything else — other threads, plain functions calling the denoiser, sibling
+pipelines sharing it — runs untouched.
 
 A ``contextvars.ContextVar`` is private to its thread and asyncio task, so concurrent calls never mix.
 """
@@ -12,8 +13,7 @@ A ``contextvars.ContextVar`` is private to its thread and asyncio task, so concu
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -44,16 +44,6 @@ class SegCall:
 def current_call() -> SegCall | None:
     """The SEG call this thread / task is serving now, or None."""
     return _CURRENT.get()
-
-
-@contextmanager
-def serving(call: SegCall) -> Iterator[SegCall]:
-    """Serve ``call`` for the duration of the ``with`` block, raised or not."""
-    token = _CURRENT.set(call)
-    try:
-        yield call
-    finally:
-        _CURRENT.reset(token)
 
 
 def open_call(call: SegCall) -> contextvars.Token:

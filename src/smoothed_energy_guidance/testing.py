@@ -1,7 +1,7 @@
-"""Tiny SDXL-architecture pipelines with random weights, built offline in-process.
+"""Tiny random diffusers models, built offline in-process: the ``tiny-random`` models the CLI offers.
 
-For tests, demos and benchmarks on machines without model downloads. The weights are random:
-images from these models show noise-like patterns, not pictures.
+For tests, demos and benchmarks on machines without model downloads (SD 1.x, SDXL, SD3, Flux layouts).
+The weights are random: images from these models show noise-like patterns, not pictures.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from .. import __version__
 from .settings import GenerationSettings
 
 JSON_KEY = "seg-settings"
-VIDEO_SUFFIXES = (".mp4", ".webp")  # videos ``seg`` writes (cli/video.py), read back by suffix
+VIDEO_SUFFIXES = (".mp4", ".webp")  # videos ``seg`` writes (cli/video.py), their records read back here
 A1111_KEY = "parameters"
 SAMPLER_NAMES = {
     "default": ("Default", None),
@@ -99,13 +99,28 @@ def save_png(image: Image.Image, path: Path, settings: GenerationSettings, extra
     return path
 
 
+def read_video_record(path: Path) -> str | None:
+    """The JSON record text of an MP4 or WebP written by ``seg`` (None when it has none)."""
+    if path.suffix.lower() == ".webp":
+        with Image.open(path) as image:
+            xmp = image.info.get("xmp")
+        return xmp.decode("utf-8", "replace") if isinstance(xmp, bytes) else xmp
+    try:
+        import av
+    except ImportError:
+        raise RuntimeError("Reading MP4 settings needs PyAV: pip install av.") from None
+    try:
+        with av.open(str(path)) as container:
+            return container.metadata.get("comment")
+    except av.error.FFmpegError as error:
+        raise ValueError(f"Cannot read video {path}: {error}.") from None
+
+
 def read_png_settings(path: str | Path | BinaryIO) -> tuple[str | None, dict | None]:
     """The ``parameters`` text and the JSON record of a PNG (either may be None); for an MP4 or WebP
     written by ``seg``, its JSON record."""
     try:
         if isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in VIDEO_SUFFIXES:
-            from .video import read_video_record
-
             text = {JSON_KEY: read_video_record(Path(path))}
         else:
             with Image.open(path) as image:

@@ -52,20 +52,3 @@ def save_video(
         ),
     )
     return [path, preview]
-
-
-def read_video_record(path: Path) -> str | None:
-    """The JSON record text of an MP4 or WebP written by ``seg`` (None when it has none)."""
-    if path.suffix.lower() == ".webp":
-        with Image.open(path) as image:
-            xmp = image.info.get("xmp")
-        return xmp.decode("utf-8", "replace") if isinstance(xmp, bytes) else xmp
-    try:
-        import av
-    except ImportError:
-        raise RuntimeError("Reading MP4 settings needs PyAV: pip install av.") from None
-    try:
-        with av.open(str(path)) as container:
-            return container.metadata.get("comment")
-    except av.error.FFmpegError as error:
-        raise ValueError(f"Cannot read video {path}: {error}.") from None

@@ -27,7 +27,7 @@ from .dit import (
     WanSEGImageToVideoPipeline,
     WanSEGPipeline,
 )
-from .enable import SUPPORTED_FAMILIES, enable_seg, from_pipe
+from .enable import SUPPORTED_FAMILIES, enable_seg
 from .guider import SmoothedEnergyGuidance, guider_families
 from .kolors import KolorsSEGImg2ImgPipeline, KolorsSEGPipeline
 from .loading import (
@@ -52,6 +52,7 @@ from .loading import (
     resolve_dtype,
     set_scheduler,
 )
+from .registry import from_pipe
 from .sd import (
     StableDiffusionControlNetSEGImg2ImgPipeline,
     StableDiffusionControlNetSEGInpaintPipeline,

@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+from ..families import family_of_seg_class
 from .enable import attach_seg, host_arguments
 
 SEG_CALL_DOC = """
@@ -62,7 +63,8 @@ class SegCallMixin:
     """
 
     # Pipelines that run CFG as separate cond / uncond calls: the argument holding its scale, and
-    # whether CFG also needs a negative prompt (Flux, Qwen-Image) or runs whenever the scale is > 1 (Chroma).
+    # whether CFG also needs a negative prompt (Flux, Qwen-Image) or runs whenever the scale is > 1 (Chroma);
+    # each SEG class takes them from its family's record.
     true_cfg_argument = "true_cfg_scale"
     true_cfg_needs_negative = True
 
@@ -70,6 +72,9 @@ class SegCallMixin:
         super().__init_subclass__(**kwargs)
         if "__call__" in cls.__dict__:
             return  # a subclass that writes its own __call__ keeps it
+        family = family_of_seg_class(cls.__name__)
+        if family is not None:
+            cls.true_cfg_argument, cls.true_cfg_needs_negative = family.cfg_argument, family.cfg_needs_negative
         host = next(
             base
             for base in cls.__mro__[1:]

@@ -71,15 +71,9 @@ class FluxKontextSEGPipeline(SegCallMixin, FluxKontextPipeline):
 class ChromaSEGPipeline(SegCallMixin, ChromaPipeline):
     """Chroma text-to-image with SEG; CFG (``guidance_scale`` > 1) is a separate uncond call."""
 
-    true_cfg_argument = "guidance_scale"
-    true_cfg_needs_negative = False
-
 
 class ChromaSEGImg2ImgPipeline(SegCallMixin, ChromaImg2ImgPipeline):
     """Chroma image-to-image with SEG."""
-
-    true_cfg_argument = "guidance_scale"
-    true_cfg_needs_negative = False
 
 
 class QwenImageSEGPipeline(SegCallMixin, QwenImagePipeline):
@@ -116,15 +110,9 @@ class WanSEGPipeline(SegCallMixin, WanPipeline):
     SEG runs on ``transformer``; Wan 2.2's low-noise ``transformer_2`` stage runs without it.
     """
 
-    true_cfg_argument = "guidance_scale"
-    true_cfg_needs_negative = False
-
 
 class WanSEGImageToVideoPipeline(SegCallMixin, WanImageToVideoPipeline):
     """Wan 2.x image-to-video with SEG over the (t, h, w) token grid."""
-
-    true_cfg_argument = "guidance_scale"
-    true_cfg_needs_negative = False
 
 
 class CogVideoXSEGPipeline(SegCallMixin, CogVideoXPipeline):

@@ -11,16 +11,13 @@ from typing import Any
 
 from torch import nn
 
+from ..families import supported_pipelines_text
 from ..guidance import SegConfig
 from ..hooks import SegHooks
 from .transformer import enable_seg_transformer, transformer_family
 from .unet import enable_seg_unet
 
-SUPPORTED_FAMILIES = (
-    "Stable Diffusion 1.x/2.x, Stable Diffusion XL, Kolors, Stable Diffusion 3/3.5, Flux.1 (with Fill and Kontext), "
-    "Chroma, Qwen-Image, PixArt-α/Σ, HunyuanDiT, Sana, and video: Wan, CogVideoX, LTX-Video, HunyuanVideo, Mochi "
-    "and AnimateDiff"
-)
+SUPPORTED_FAMILIES = supported_pipelines_text()
 
 
 def enable_seg(
@@ -94,7 +91,7 @@ def attach_seg(
         return enable_seg_unet(pipe, config, share_prefix)
     transformer = getattr(pipe, "transformer", None)
     family = transformer_family(getattr(transformer, "_orig_mod", transformer)) if transformer is not None else None
-    if family is not None and family.pipelines:
+    if family is not None and family.has_pipelines:
         return enable_seg_transformer(pipe, config, share_prefix, true_cfg_scale)
     if family is not None:
         raise ValueError(
@@ -167,20 +164,3 @@ def _is_conditional_unet(model: nn.Module) -> bool:
     """A diffusers UNet2DConditionModel (or subclass): SD / SDXL and their fine-tunes; or AnimateDiff's
     UNetMotionModel, the same UNet with motion modules, frames folded into its batch."""
     return any(cls.__name__ in ("UNet2DConditionModel", "UNetMotionModel") for cls in type(model).__mro__)
-
-
-def seg_pipeline_class(pipe: Any) -> type:
-    """The SEG pipeline class for a diffusers pipeline object (by its class or a base class)."""
-    from .registry import SEG_CLASSES
-
-    for cls in type(pipe).__mro__:
-        if cls in SEG_CLASSES.values():
-            return cls
-        if cls in SEG_CLASSES:
-            return SEG_CLASSES[cls]
-    raise ValueError(f"{type(pipe).__name__} is not supported: SEG supports {SUPPORTED_FAMILIES} pipelines.")
-
-
-def from_pipe(pipe: Any, **kwargs: Any) -> Any:
-    """The matching SEG pipeline sharing ``pipe``'s components (no reload), e.g. SDXL → SDXL SEG."""
-    return seg_pipeline_class(pipe).from_pipe(pipe, **kwargs)

@@ -25,10 +25,10 @@ from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput
 from torch import nn
 
 from ..blur import INFINITE_SIGMA_THRESHOLD
+from ..families import guider_family_names
 from ..guidance import SegConfig, rescale_noise_cfg
 from ..hooks import HostStep, SegHooks
-from .modular_caller import denoiser_of_modular_caller
-from .transformer import TRANSFORMER_FAMILIES, attach_seg_to_transformer, transformer_family
+from .transformer import attach_seg_to_transformer, transformer_family
 from .unet import attach_seg_to_unet
 
 _GUIDER_CALL = HostStep(cfg=False, guidance_scale=1.0, guidance_rescale=0.0, progress=0.0)
@@ -139,6 +139,7 @@ class SmoothedEnergyGuidance(BaseGuidance):
         self._call_token = None  # the call context opened by prepare_models
         self._pred_perturbed: torch.Tensor | None = None
         self._separate_pass = False  # the denoiser cannot take perturbed rows inside the cond call
+        self._planned: tuple[list, Any] | None = None  # this step's batch list and a maker of one more batch
 
     # which predictions this step needs ---------------------------------------------------------
     def _progress(self) -> float:
@@ -166,24 +167,25 @@ class SmoothedEnergyGuidance(BaseGuidance):
         return self._current_batch() != "pred_uncond"
 
     def prepare_inputs(self, data: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[Any]:
-        self._learn_denoiser()
-        return [self._prepare_batch(data, index, name) for index, name in self._batches()]
+        return self._plan(lambda index, name: self._prepare_batch(data, index, name))
 
     def prepare_inputs_from_block_state(self, data: Any, input_fields: dict[str, Any]) -> list[Any]:
-        self._learn_denoiser()
-        return [
-            self._prepare_batch_from_block_state(input_fields, data, index, name) for index, name in self._batches()
-        ]
+        return self._plan(lambda index, name: self._prepare_batch_from_block_state(input_fields, data, index, name))
 
-    def _learn_denoiser(self) -> None:
-        """Whether this step needs a separate perturbed batch, from the modular pipeline's denoiser."""
-        denoiser = denoiser_of_modular_caller()
-        if denoiser is not None:
-            self._learn_family(denoiser)
+    def _plan(self, make_batch: Any) -> list[Any]:
+        batches = [make_batch(index, name) for index, name in self._batches()]
+        self._planned = (batches, make_batch)
+        return batches
 
     def _learn_family(self, denoiser: nn.Module) -> None:
+        """Whether the denoiser needs a separate perturbed batch; on the first step, before any denoiser
+        reached the guider, the batch joins the list the pipeline is iterating (its cond inputs)."""
         family = transformer_family(getattr(denoiser, "_orig_mod", denoiser))
-        self._separate_pass = family is not None and not family.forks
+        separate = family is not None and not family.forks
+        if separate and not self._separate_pass and self._planned is not None and self._is_seg_enabled():
+            batches, make_batch = self._planned
+            batches.append(make_batch(0, "pred_cond_seg"))
+        self._separate_pass = separate
 
     def _batches(self) -> list[tuple[int, str]]:
         batches = [(0, "pred_cond")] + ([(1, "pred_uncond")] if self._is_cfg_enabled() else [])
@@ -200,7 +202,7 @@ class SmoothedEnergyGuidance(BaseGuidance):
     def prepare_models(self, denoiser: nn.Module) -> None:
         super().prepare_models(denoiser)
         self._remove_hooks()  # an interrupted earlier call may have left its hooks
-        self._learn_family(denoiser)  # for the next steps, where no modular caller tells it
+        self._learn_family(denoiser)
         batch = self._current_batch()
         if batch == "pred_cond":
             self._pred_perturbed = None
@@ -256,7 +258,7 @@ class SmoothedEnergyGuidance(BaseGuidance):
 
 def guider_families() -> list[str]:
     """The denoiser families the guider serves (every modular pipeline built on one of them)."""
-    return ["Stable Diffusion 1.x/2.x (UNet)", "Stable Diffusion XL (UNet)"] + [f.name for f in TRANSFORMER_FAMILIES]
+    return guider_family_names()
 
 
 def attach_seg_hooks(denoiser: nn.Module, config: SegConfig, take_perturbed: Any, scope: Any) -> SegHooks:
@@ -269,6 +271,6 @@ def attach_seg_hooks(denoiser: nn.Module, config: SegConfig, take_perturbed: Any
     if transformer_family(model) is not None:
         return attach_seg_to_transformer(denoiser, config, read_host, **per_call)
     raise ValueError(
-        f"SEG's guider does not know the denoiser {type(model).__name__}; it supports the UNets of Stable "
-        "Diffusion 1.x/2.x/XL and the transformers of Stable Diffusion 3/3.5, Flux.1, Flux.2 and Qwen-Image."
+        f"SEG's guider does not know the denoiser {type(model).__name__}; it serves the denoisers of "
+        f"{', '.join(guider_family_names())}."
     )

@@ -19,8 +19,11 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from . import animatediff, dit, kolors, sd, sdxl
+from ..families import cli_family_tasks, family_key_of_pipeline_class
 from .enable import SUPPORTED_FAMILIES
+from .registry import SEG_CLASSES
+
+SEG_CLASSES_BY_NAME = {cls.__name__: cls for cls in SEG_CLASSES.values()}
 
 #: Built-in offline model: a tiny SDXL-architecture pipeline with random weights.
 TINY_RANDOM = "tiny-random"
@@ -43,41 +46,11 @@ SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
     "unipc": (UniPCMultistepScheduler, {}),
 }
 
-#: The SEG pipeline class of each family and task; a family's first task is the one its models load as.
+#: The SEG pipeline class of each CLI family and task, from the family table; a family's first task is the one
+#: its models load as.
 FAMILY_TASKS: dict[str, dict[str, type]] = {
-    "sdxl": {
-        "text2img": sdxl.StableDiffusionXLSEGPipeline,
-        "img2img": sdxl.StableDiffusionXLSEGImg2ImgPipeline,
-        "inpaint": sdxl.StableDiffusionXLSEGInpaintPipeline,
-        "controlnet": sdxl.StableDiffusionXLControlNetSEGPipeline,
-    },
-    "sd": {
-        "text2img": sd.StableDiffusionSEGPipeline,
-        "img2img": sd.StableDiffusionSEGImg2ImgPipeline,
-        "inpaint": sd.StableDiffusionSEGInpaintPipeline,
-        "controlnet": sd.StableDiffusionControlNetSEGPipeline,
-    },
-    "sd3": {"text2img": dit.StableDiffusion3SEGPipeline, "img2img": dit.StableDiffusion3SEGImg2ImgPipeline},
-    "flux": {"text2img": dit.FluxSEGPipeline, "img2img": dit.FluxSEGImg2ImgPipeline},
-    "flux-fill": {"inpaint": dit.FluxFillSEGPipeline},
-    # Kontext edits the --init-image (its reference image) or draws from the prompt alone
-    "flux-kontext": {"text2img": dit.FluxKontextSEGPipeline, "img2img": dit.FluxKontextSEGPipeline},
-    "chroma": {"text2img": dit.ChromaSEGPipeline, "img2img": dit.ChromaSEGImg2ImgPipeline},
-    "qwen-image": {"text2img": dit.QwenImageSEGPipeline, "img2img": dit.QwenImageSEGImg2ImgPipeline},
-    "qwen-image-edit": {"img2img": dit.QwenImageEditSEGPipeline},
-    "kolors": {"text2img": kolors.KolorsSEGPipeline, "img2img": kolors.KolorsSEGImg2ImgPipeline},
-    "pixart-alpha": {"text2img": dit.PixArtAlphaSEGPipeline},
-    "pixart-sigma": {"text2img": dit.PixArtSigmaSEGPipeline},
-    "hunyuandit": {"text2img": dit.HunyuanDiTSEGPipeline},
-    "sana": {"text2img": dit.SanaSEGPipeline},
-    "wan": {"text2img": dit.WanSEGPipeline},  # text-to-video
-    "wan-i2v": {"img2img": dit.WanSEGImageToVideoPipeline},  # image-to-video: --init-image is the first frame
-    "cogvideox": {"text2img": dit.CogVideoXSEGPipeline},
-    "cogvideox-i2v": {"img2img": dit.CogVideoXSEGImageToVideoPipeline},
-    "ltx-video": {"text2img": dit.LTXSEGPipeline, "img2img": dit.LTXSEGImageToVideoPipeline},
-    "hunyuanvideo": {"text2img": dit.HunyuanVideoSEGPipeline},
-    "mochi": {"text2img": dit.MochiSEGPipeline},
-    "animatediff": {"text2img": animatediff.AnimateDiffSEGPipeline},
+    family: {task: SEG_CLASSES_BY_NAME[name] for task, name in tasks.items()}
+    for family, tasks in cli_family_tasks().items()
 }
 TASK_CLASSES = FAMILY_TASKS["sdxl"]
 # single-file key markers, checked in this order
@@ -87,40 +60,11 @@ _SINGLE_FILE_MARKERS = (
     ("flux", "double_blocks."),
     ("sd", "model.diffusion_model.input_blocks."),
 )
-# diffusers pipeline class-name prefixes → family, most specific first; None: a family SEG does not run
-_CLASS_PREFIXES = (
-    ("StableDiffusionXL", "sdxl"),
-    ("StableDiffusion3", "sd3"),
-    ("StableDiffusion", "sd"),
-    ("FluxFill", "flux-fill"),
-    ("FluxKontext", "flux-kontext"),
-    ("Flux2", None),
-    ("Flux", "flux"),
-    ("Chroma", "chroma"),
-    ("QwenImageEdit", "qwen-image-edit"),
-    ("QwenImage", "qwen-image"),
-    ("Kolors", "kolors"),
-    ("PixArtAlpha", "pixart-alpha"),
-    ("PixArtSigma", "pixart-sigma"),
-    ("HunyuanDiT", "hunyuandit"),
-    ("SanaSprint", None),
-    ("Sana", "sana"),
-    ("WanImageToVideo", "wan-i2v"),
-    ("WanPipeline", "wan"),
-    ("CogVideoXImageToVideo", "cogvideox-i2v"),
-    ("CogVideoXPipeline", "cogvideox"),
-    ("LTXImageToVideo", "ltx-video"),
-    ("LTXPipeline", "ltx-video"),
-    ("HunyuanVideoPipeline", "hunyuanvideo"),
-    ("MochiPipeline", "mochi"),
-    ("AnimateDiffSDXL", None),
-    ("AnimateDiffPipeline", "animatediff"),
-)
 
 
 def family_of_class_name(name: str) -> str | None:
-    """``StableDiffusionXLPipeline`` → ``sdxl`` and so on; None for other pipelines."""
-    return next((family for prefix, family in _CLASS_PREFIXES if name.startswith(prefix)), None)
+    """``StableDiffusionXLPipeline`` → ``sdxl`` and so on (the family table's prefixes); None for other pipelines."""
+    return family_key_of_pipeline_class(name)
 
 
 def base_task(family: str) -> str:
@@ -365,7 +309,7 @@ def load_base_pipeline(
             )
         return cls.from_pretrained(folder, torch_dtype=dtype)
     if model in TINY_MODELS:
-        from . import tiny
+        from .. import testing as tiny
 
         builders = {
             "sdxl": tiny.tiny_sdxl_components,
@@ -464,7 +408,7 @@ def load_pipeline(
 def load_controlnet(name: str, unet: Any, dtype: torch.dtype, allow_pickle: bool = False) -> ControlNetModel:
     """A ControlNet from a folder or hub id; ``tiny-random`` builds one for the tiny UNet."""
     if name == TINY_RANDOM:
-        from .tiny import tiny_controlnet
+        from ..testing import tiny_controlnet
 
         return tiny_controlnet(unet).to(dtype=dtype)  # fp32 stays fp32
     use_safetensors = None if allow_pickle else True

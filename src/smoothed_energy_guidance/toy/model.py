@@ -8,7 +8,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-from ..pipelines.tiny import _text_config, tiny_clip_tokenizer
+from ..testing import _text_config, tiny_clip_tokenizer
 from .testbeds import Testbed
 
 SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)

@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from ..pipelines import BUNDLED_MODELS
-from ..pipelines.tiny import TEXT_2_HIDDEN, TEXT_HIDDEN
+from ..testing import TEXT_2_HIDDEN, TEXT_HIDDEN
 from . import clutter, scenes
 
 

@@ -1,0 +1,110 @@
+"""The family table drives the public exports, the SEG classes, CLI detection and tasks, and the messages."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import smoothed_energy_guidance as seg
+from smoothed_energy_guidance import families
+from smoothed_energy_guidance.families import FAMILIES, Family, PerturbedRows, Stack, Task
+
+
+def table_seg_classes() -> dict[str, str]:
+    return families.seg_class_hosts()
+
+
+def test_every_seg_class_is_in_the_table_and_every_table_entry_is_a_class():
+    from smoothed_energy_guidance.pipelines import animatediff, dit, kolors, sd, sdxl
+    from smoothed_energy_guidance.pipelines.call import SegCallMixin
+
+    written = {
+        name
+        for module in (sdxl, sd, kolors, dit, animatediff)
+        for name, value in vars(module).items()
+        if isinstance(value, type)
+        and issubclass(value, SegCallMixin)
+        and value.__module__ == module.__name__
+        and value.__name__ == name  # not an alias of another class
+    }
+    assert written == set(table_seg_classes())
+    for name, host in table_seg_classes().items():
+        assert host in [base.__name__ for base in getattr(seg, name).__mro__[1:]]
+
+
+def test_public_exports_are_the_core_names_and_the_tables_seg_classes():
+    from smoothed_energy_guidance import pipelines
+
+    core = {"SegConfig", "apply_seg", "blur_queries", "SegHooks", "enable_seg", "from_pipe", "SmoothedEnergyGuidance"}
+    assert set(seg.__all__) == core | {"load_pipeline", "StableDiffusionXLSEGControlNetPipeline"} | set(
+        table_seg_classes()
+    )
+    assert set(table_seg_classes()) <= set(pipelines.__all__)
+    seg_names_in_pipelines = {name for name in pipelines.__all__ if "SEG" in name and name.endswith("Pipeline")}
+    assert seg_names_in_pipelines == set(table_seg_classes()) | {"StableDiffusionXLSEGControlNetPipeline"}
+
+
+def test_cli_detection_and_tasks_come_from_the_table():
+    from smoothed_energy_guidance.pipelines import FAMILY_TASKS, family_of_pipeline
+
+    for family in FAMILIES:
+        for key, task, entry in family.tasks():
+            if not entry.cli:
+                continue
+            assert FAMILY_TASKS[key][task].__name__ == entry.seg_class
+            assert families.family_key_of_pipeline_class(entry.diffusers_class) == key
+            assert family_of_pipeline(getattr(seg, entry.seg_class).__new__(getattr(seg, entry.seg_class))) == key
+        for prefix in family.unsupported_pipeline_prefixes:
+            assert families.family_key_of_pipeline_class(prefix + "Pipeline") is None
+
+
+def test_a_new_record_shows_up_everywhere_families_are_listed(monkeypatch):
+    lumen = Family(
+        name="Lumen",
+        denoiser_classes=("LumenTransformer",),
+        stacks=(Stack(spec="blocks", path="layers"),),
+        read_inputs=families.inputs.latent_inputs(),
+        perturbed_rows=PerturbedRows.AT_INPUT,
+        pipelines={"lumen": {"text2img": Task(diffusers_class="LumenPipeline", seg_class="LumenSEGPipeline")}},
+        pipeline_prefixes={"lumen": ("Lumen",)},
+    )
+    monkeypatch.setattr(families, "FAMILIES", (*FAMILIES[:10], lumen, *FAMILIES[10:]))
+    assert "Sana, Lumen, and video: Wan" in families.supported_pipelines_text()
+    assert "Lumen" in families.guider_family_names()
+    assert families.family_key_of_pipeline_class("LumenPipeline") == "lumen"
+    assert families.cli_family_tasks()["lumen"] == {"text2img": "LumenSEGPipeline"}
+    model = type("LumenTransformer2DModel", (), {})()
+    assert families.family_of_denoiser(model) is lumen
+
+
+def test_messages_list_the_tables_families():
+    from smoothed_energy_guidance.pipelines import SUPPORTED_FAMILIES
+
+    with pytest.raises(ValueError) as error:
+        seg.enable_seg(object())
+    for family in FAMILIES:
+        if family.has_pipelines:
+            assert family.name in str(error.value) and family.name in SUPPORTED_FAMILIES
+    from smoothed_energy_guidance.pipelines.guider import attach_seg_hooks
+
+    with pytest.raises(ValueError) as error:
+        attach_seg_hooks(__import__("torch").nn.Linear(1, 1), seg.SegConfig(), None, None)
+    for name in families.guider_family_names():
+        assert name in str(error.value)
+
+
+def test_records_are_keyword_only_frozen_and_validated():
+    with pytest.raises(TypeError):
+        Family("Positional", ("X",))  # keyword-only
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        FAMILIES[0].name = "changed"
+    with pytest.raises(ValueError, match="needs its stacks and a grid reader"):
+        Family(name="Bare", denoiser_classes=("BareTransformer",))
+    with pytest.raises(ValueError, match="every CLI family key needs its pipeline class-name prefixes"):
+        Family(
+            name="Half",
+            denoiser_classes=("UNet2DConditionModel",),
+            architecture="unet",
+            pipelines={"half": {"text2img": Task(diffusers_class="HalfPipeline", seg_class="HalfSEGPipeline")}},
+        )

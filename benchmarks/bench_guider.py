@@ -31,7 +31,7 @@ from bench_step import BENCH_UNET  # noqa: E402
 
 import smoothed_energy_guidance as seg  # noqa: E402
 from reference import reference_seg  # noqa: E402
-from smoothed_energy_guidance.pipelines import tiny  # noqa: E402
+from smoothed_energy_guidance import testing as tiny  # noqa: E402
 
 RESULTS = HERE / "GUIDER.md"
 

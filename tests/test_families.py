@@ -108,3 +108,23 @@ def test_records_are_keyword_only_frozen_and_validated():
             architecture="unet",
             pipelines={"half": {"text2img": Task(diffusers_class="HalfPipeline", seg_class="HalfSEGPipeline")}},
         )
+
+
+def test_the_readme_lists_exactly_the_tables_families_and_classes():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Supported pipelines") :]
+    section = section[: section.index("\n## ", 1)]
+    table = [line for line in section.splitlines() if line.startswith("| ") and "SEG" in line]
+    listed = set(re.findall(r"`(\w+SEG\w*Pipeline)`", "\n".join(table)))
+    # the README shortens a family's later classes as `…SEGImg2ImgPipeline` after its first full name
+    for line in table:
+        first = re.search(r"`(\w+?)SEG\w*Pipeline`", line)
+        listed |= {first.group(1) + "SEG" + rest for rest in re.findall(r"`…SEG(\w+)`", line)} if first else set()
+    assert listed == set(families.seg_class_hosts()) | {"StableDiffusionXLSEGControlNetPipeline"}
+    for family in FAMILIES:
+        if family.has_pipelines:
+            words = family.name.replace("/", " ").replace(".", " ").split()[:2]
+            assert any(all(word in line for word in words) for line in table), family.name

@@ -1,9 +1,10 @@
 """SEG + CFG over CFG on one GPU: full-size SDXL UNet and Flux.1 transformer configs, random weights.
 
 Real sizes give real timings (weights are random: speed and memory do not depend on them). For each model,
-dtype (fp16 / bf16) and mode (eager / ``torch.compile`` of the denoiser), one CFG step and one SEG + CFG step
-(default layers, σ = 10) run interleaved; the table reports medians and their ratio, and the peak CUDA
-memory of each. Compile time is excluded (warm-up calls). Never a test dependency.
+dtype (fp16 / bf16) and mode (eager, or compiled with diffusers' regional
+``compile_repeated_blocks(fullgraph=True)``), one CFG step and one SEG + CFG step (default layers, σ = 10) run
+interleaved; the table reports medians and their ratio, and the peak CUDA memory of each. Compile time is
+excluded (warm-up calls). Never a test dependency.
 
     python benchmarks/bench_gpu.py --write      # about 3-5 minutes on one H200-class GPU
 """
@@ -119,8 +120,10 @@ def measure(model: str, dtype: torch.dtype, compiled: bool, rounds: int) -> dict
         return HostStep(cfg=batched, guidance_scale=5.0, guidance_rescale=0.0, progress=0.0)
 
     attach = attach_seg_to_unet if batched else attach_seg_to_transformer
-    hooks = attach(module, SegConfig(blur_sigma=10.0), read_host)  # registered before compiling: traced once
-    denoiser = torch.compile(module) if compiled else module
+    hooks = attach(module, SegConfig(blur_sigma=10.0), read_host)
+    if compiled:  # regional compilation (diffusers' compile_repeated_blocks): one block compiled, reused
+        module.compile_repeated_blocks(fullgraph=True)
+    denoiser = module
 
     def cfg() -> None:
         with torch.no_grad():
@@ -183,8 +186,9 @@ def write(rows: list, args: argparse.Namespace) -> None:
     device = torch.cuda.get_device_name()
     note = (
         f"\n\n- {device}, torch {torch.__version__}; medians of {args.rounds} steps after two warm-up "
-        "rounds (compilation excluded), CFG and SEG + CFG interleaved; `torch.compile` with the default "
-        "inductor backend. SEG layers: the default (`mid` for the UNet, the middle block for Flux); σ = 10.\n"
+        "rounds (compilation excluded), CFG and SEG + CFG interleaved; compiled: "
+        "`compile_repeated_blocks(fullgraph=True)`, inductor. SEG layers: the default (`mid` for the UNet, "
+        "the middle block for Flux); σ = 10.\n"
         "- SDXL: CFG batched (2 rows), SEG adds its rows after the shared prefix. Flux: CFG as two calls "
         "(as its pipelines run it), SEG joins the cond call.\n"
     )

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "smoothed_energy_guidance"
-CORE = {"blur", "layers", "guidance", "context"}
+CORE = {"blur", "layers", "guidance", "context", "tokens"}
 STDLIB_OK = {
     *("__future__", "math", "re", "functools", "dataclasses", "collections", "typing", "importlib", "threading"),
-    *("contextvars", "contextlib", "types", "weakref"),
+    *("contextvars", "contextlib", "types", "weakref", "enum"),
 }
 
 

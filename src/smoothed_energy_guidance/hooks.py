@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .blur import blur_queries
 from .context import SegCall, close_call, current_call, open_call
 from .guidance import SegConfig, apply_seg, split_rows
+from .tokens import ImageTokens, blur_image_queries
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,13 @@ class DenoiserInputs:
     # Frames a video UNet folds into its batch (AnimateDiff: row b·F + f is frame f of sample b); its
     # spatial attentions see one frame per row, and SEG blurs over the (frames, h, w) grid of each sample.
     frames: int = 1
+
+
+def image_layout(target: QueryTarget) -> ImageTokens:
+    """Where ``target``'s queries keep the image tokens."""
+    if target.image_tail:
+        return ImageTokens.AFTER_TEXT
+    return ImageTokens.FIRST if target.image_head else ImageTokens.ALL
 
 
 def unet_call_inputs(args: tuple, kwargs: dict) -> DenoiserInputs:
@@ -451,57 +458,21 @@ class SegHooks:
             perturbed = call.perturbed
             rows = output[perturbed]
             q_channels = output.shape[-1] // target.parts
-            q = self._blur_image_queries(rows[..., :q_channels], grid, target, call.text_tokens, call.frames)
+            q = blur_image_queries(
+                rows[..., :q_channels],
+                grid,
+                self.config.blur_sigma,
+                self.config.temporal_sigma,
+                layout=image_layout(target),
+                token_dim=target.token_dim,
+                text_tokens=call.text_tokens,
+                frames=call.frames,
+                layer=target.name,
+            )
             rows = torch.cat([q, rows[..., q_channels:]], dim=-1) if target.parts > 1 else q
             return torch.cat([output[: perturbed.start], rows])
 
         return blur_perturbed_queries
-
-    def _blur_image_queries(
-        self,
-        q: torch.Tensor,
-        grid: tuple[int, ...],
-        target: QueryTarget,
-        text_tokens: int | None = None,
-        frames: int = 1,
-    ) -> torch.Tensor:
-        """Blur the image tokens of perturbed queries laid out as ``target`` says; text tokens stay.
-
-        ``frames`` > 1: each sample's frames are consecutive rows; they are blurred as one (frames, h, w) grid.
-        """
-        if target.token_dim == 2:  # (B, heads, N, head_dim) → (B, N, heads·head_dim)
-            batch, heads, tokens, head_dim = q.shape
-            flat = q.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
-        else:
-            flat = q.reshape(q.shape[0], q.shape[1], -1)
-        if frames > 1:  # (B·F, N, C) → (B, F·N, C): frame-major tokens, as blur_queries reads a (t, h, w) grid
-            per_frame = flat.shape
-            flat = flat.reshape(per_frame[0] // frames, frames * per_frame[1], per_frame[2])
-            grid = (frames, *grid)
-        # The image's tokens follow the text tokens (all of them, or the known count when reference-image
-        # tokens come after) or open the query; everything else passes unchanged.
-        image_tokens = math.prod(grid)
-        if not (target.image_tail or target.image_head) and flat.shape[1] != image_tokens:
-            raise ValueError(
-                f"SEG layer {target.name} has {flat.shape[1]} query tokens but its grid is "
-                f"{'x'.join(map(str, grid))} = {image_tokens}; the grid must be the layer's real feature-map size."
-            )
-        start = 0
-        if target.image_tail:
-            start = flat.shape[1] - image_tokens if text_tokens is None else text_tokens
-        if start < 0 or start + image_tokens > flat.shape[1]:
-            raise ValueError(
-                f"SEG layer {target.name} has {flat.shape[1]} query tokens, too few for {start} text tokens and a "
-                f"{'x'.join(map(str, grid))} image grid."
-            )
-        image = flat[:, start : start + image_tokens]
-        blurred_image = blur_queries(image, grid, self.config.blur_sigma, self.config.temporal_sigma).to(q.dtype)
-        blurred = torch.cat([flat[:, :start], blurred_image, flat[:, start + image_tokens :]], dim=1)
-        if frames > 1:
-            blurred = blurred.reshape(per_frame)
-        if target.token_dim == 2:
-            return blurred.reshape(batch, tokens, heads, head_dim).transpose(1, 2)
-        return blurred.reshape(q.shape)
 
     def _after_denoiser(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         serving_call = self._serving_call()

@@ -23,24 +23,10 @@ from smoothed_energy_guidance.guidance import SegConfig
 from smoothed_energy_guidance.hooks import HostStep
 from smoothed_energy_guidance.pipelines.transformer import attach_seg_to_transformer
 from smoothed_energy_guidance.pipelines.unet import attach_seg_to_unet
+from smoothed_energy_guidance.testing import SDXL_UNET_CONFIG
 
-# Stable Diffusion XL base 1.0's UNet config (its config.json), 1024 × 1024 images (latent 128 × 128).
-SDXL_UNET = dict(
-    sample_size=128,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(320, 640, 1280),
-    layers_per_block=2,
-    attention_head_dim=(5, 10, 20),
-    transformer_layers_per_block=(1, 2, 10),
-    cross_attention_dim=2048,
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
+# Stable Diffusion XL base 1.0's UNet config, 1024 × 1024 images (latent 128 × 128).
+SDXL_UNET = SDXL_UNET_CONFIG
 # FLUX.1-dev's transformer config, 1024 × 1024 images (64 × 64 tokens after 2 × 2 packing), 512 text tokens.
 FLUX = dict(
     patch_size=1,

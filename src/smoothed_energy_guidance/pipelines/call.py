@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..families import family_of_seg_class
+from ..guidance import SegConfig
 from .enable import attach_seg, host_arguments
 
 SEG_CALL_DOC = """
@@ -117,16 +118,15 @@ class SegCallMixin:
             )
         layers = seg_applied_layers_index if seg_applied_layers_index is not None else seg_applied_layers
         true_cfg = self._true_cfg_scale(kwargs)
-        hooks = attach_seg(
-            self,
+        config = SegConfig(
             scale=seg_scale,
             blur_sigma=seg_blur_sigma,
             temporal_sigma=seg_temporal_sigma,
             layers=layers,
             start=seg_guidance_start,
             end=seg_guidance_end,
-            true_cfg_scale=true_cfg,
         )
+        hooks = attach_seg(self, config, true_cfg_scale=true_cfg)
         if not hooks.attached:  # seg_scale == 0: the plain pipeline (an enable_seg handle may still serve it)
             return super().__call__(*args, **kwargs)
         # This call is the entry point: its hooks act on the denoiser calls made inside it, and no others.

@@ -61,27 +61,17 @@ def enable_seg(
         temporal_sigma: video models: σ along time over the latent frames (0: none; > 9999: the mean
             over frames); ``blur_sigma`` is then the spatial σ within each frame.
     """
-    hooks = attach_seg(pipe, scale, blur_sigma, layers, start, end, share_prefix, true_cfg_scale, temporal_sigma)
+    config = SegConfig(
+        scale=scale, blur_sigma=blur_sigma, layers=layers, start=start, end=end, temporal_sigma=temporal_sigma
+    )
+    hooks = attach_seg(pipe, config, share_prefix, true_cfg_scale)
     if hooks.attached:
         arm_pipeline(pipe, hooks)
     return hooks
 
 
-def attach_seg(
-    pipe: Any,
-    scale: float = 3.0,
-    blur_sigma: float = float("inf"),
-    layers: str | Sequence[str] | None = None,
-    start: float = 0.0,
-    end: float = 1.0,
-    share_prefix: bool = True,
-    true_cfg_scale: float = 1.0,
-    temporal_sigma: float = 0.0,
-) -> SegHooks:
+def attach_seg(pipe: Any, config: SegConfig, share_prefix: bool = True, true_cfg_scale: float = 1.0) -> SegHooks:
     """SEG's hooks on the pipeline's denoiser, inert until an entry point serves a call with them."""
-    config = SegConfig(
-        scale=scale, blur_sigma=blur_sigma, layers=layers, start=start, end=end, temporal_sigma=temporal_sigma
-    )
     if not config.enabled:
         # s == 0 is the plain pipeline in every respect: nothing is resolved, checked or hooked.
         return SegHooks(None, (), config, read_host=None)

@@ -1,15 +1,18 @@
-"""The only code that touches a model, and only through PyTorch forward hooks.
+"""The only code that touches a model, and only through PyTorch forward hooks, each with one job and a name:
 
-Three kinds of hook make one SEG prediction out of one denoiser call:
+1. "append perturbed rows" (a pre-hook on the denoiser) starts the call's perturbed rows: copies of the cond
+   rows of every batch-shaped input (latents, timesteps, text embeddings, time ids, ControlNet residuals,
+   IP-Adapter embeddings), appended there or — "widen the inputs of forked block i" — at the first block
+   holding a SEG layer, so the shared prefix runs once;
+2. "blur queries of <layer>" (on each selected attention's query projection) blurs the perturbed rows of
+   its output over the layer's grid, as :func:`.tokens.blur_image_queries` lays the tokens out;
+3. "combine or hand over predictions" (on the denoiser output) combines uncond / cond / perturbed into the
+   SEG prediction and hands the host pipeline rows it turns back into exactly that prediction — or, for a
+   guider, hands the guider the perturbed prediction and the host the cond one;
+4. "end of call" (a guider's handle) removes them all when its one denoiser call ends, raised or not.
 
-1. a pre-hook on the denoiser appends the perturbed rows, copies of the cond rows of every
-   batch-shaped input (latents, timesteps, text embeddings, time ids, ControlNet residuals,
-   IP-Adapter embeddings);
-2. a hook on each selected attention's query projection blurs the perturbed rows of its output;
-3. a hook on the denoiser output combines uncond / cond / perturbed into the SEG prediction and
-   hands the host pipeline rows it turns back into exactly that prediction.
-
-Hooking the query projection keeps every attention backend and LoRA-wrapped projections working.
+They act only in calls the call context (:mod:`.context`) names them for. Hooking the query projection keeps
+every attention backend and LoRA-wrapped projections working.
 """
 
 from __future__ import annotations
@@ -228,6 +231,10 @@ class CallState:
         self.last_seg: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
+# Names of the hooks on the denoiser itself.
+APPEND_ROWS, OUTPUT, END_OF_CALL = "append perturbed rows", "combine or hand over predictions", "end of call"
+
+
 class SegHooks:
     """Forward hooks that run SEG on a denoiser, tracked by handle.
 
@@ -270,8 +277,8 @@ class SegHooks:
         self.take_perturbed = take_perturbed
         # Live for one denoiser call only (a guider's perturbed pass): removed when it ends, raised or not.
         self.one_call = one_call
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._denoiser_output_handles: list[torch.utils.hooks.RemovableHandle] = []
+        # Every hook by name, as diffusers' HookRegistry keeps them; each does one job (see attach).
+        self._handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
         self._on_remove: list[Callable[[], None]] = []
         # The call being served, for code torch.compile traces: dynamo cannot read a ContextVar, but it
         # guards on this attribute (None, or the call), so a compiled graph never serves the wrong call.
@@ -289,17 +296,22 @@ class SegHooks:
             return self  # s == 0: nothing may run
         self._refuse_stacking()
         make_torch_compile_see_hooks()
+        denoiser, handles = self.denoiser, self._handles
         try:
-            self._handles.append(self.denoiser.register_forward_pre_hook(self._before_denoiser, with_kwargs=True))
+            handles[APPEND_ROWS] = denoiser.register_forward_pre_hook(self._append_perturbed_rows, with_kwargs=True)
             for target in self.targets:
-                self._handles.append(target.projection.register_forward_hook(self._query_hook(target)))
-            for block in self.fork.blocks if self.fork else ():
-                self._handles.append(block.register_forward_pre_hook(self._widen_block_inputs, with_kwargs=True))
-            output_hooks = [self.denoiser.register_forward_hook(self._after_denoiser, with_kwargs=True)]
+                handles[f"blur queries of {target.name}"] = target.projection.register_forward_hook(
+                    self._query_hook(target)
+                )
+            for index, block in enumerate(self.fork.blocks if self.fork else ()):
+                handles[f"widen the inputs of forked block {index}"] = block.register_forward_pre_hook(
+                    self._widen_block_inputs, with_kwargs=True
+                )
+            # a guider combines the predictions itself; a pipeline gets the combined one from its own CFG
+            output = self._hand_over_perturbed if self.take_perturbed is not None else self._combine_predictions
+            handles[OUTPUT] = denoiser.register_forward_hook(output, with_kwargs=True)
             if self.one_call:
-                output_hooks.append(self.denoiser.register_forward_hook(self._end_of_call, always_call=True))
-            self._handles += output_hooks
-            self._denoiser_output_handles = output_hooks
+                handles[END_OF_CALL] = denoiser.register_forward_hook(self._end_of_call, always_call=True)
         except BaseException:
             self.remove()
             raise
@@ -325,7 +337,7 @@ class SegHooks:
         while self._on_remove:
             self._on_remove.pop()()
         while self._handles:
-            self._handles.pop().remove()
+            self._handles.popitem()[1].remove()
         attached = _ATTACHED.get(self.denoiser) if self.denoiser is not None else None
         if attached is not None and self in attached:
             attached.remove(self)
@@ -380,7 +392,8 @@ class SegHooks:
                     f"(fused QKV or a LoRA added?). {self.undo_hint}"
                 )
 
-    def _before_denoiser(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    def _append_perturbed_rows(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """Denoiser pre-hook: start the call's perturbed rows (appended here, or forked at the first SEG block)."""
         serving_call = self._serving_call()
         if serving_call is None:
             return None  # not a call of this handle's entry point: it runs exactly as without SEG
@@ -427,9 +440,9 @@ class SegHooks:
         state.reached = set()
         if forked:
             return self.fork.widen_inputs(args, kwargs, host_rows, call.cond_rows)
-        return self._append_perturbed_rows(call, args, kwargs)
+        return self._with_cond_rows_appended(call, args, kwargs)
 
-    def _append_perturbed_rows(self, call: PerturbedCall, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def _with_cond_rows_appended(self, call: PerturbedCall, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         return (
             append_cond_rows(args, call.host_rows, call.cond_rows, self.unbatched, call.frames),
             append_cond_rows(kwargs, call.host_rows, call.cond_rows, self.unbatched, call.frames),
@@ -438,7 +451,7 @@ class SegHooks:
     def _widen_block_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         serving_call = self._serving_call()
         call = None if serving_call is None else serving_call.state.call
-        return None if call is None or not call.forked else self._append_perturbed_rows(call, args, kwargs)
+        return None if call is None or not call.forked else self._with_cond_rows_appended(call, args, kwargs)
 
     def _query_hook(self, target: QueryTarget) -> Callable:
         def blur_perturbed_queries(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
@@ -474,29 +487,38 @@ class SegHooks:
 
         return blur_perturbed_queries
 
-    def _after_denoiser(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+    def _finish_call(self) -> tuple[CallState | None, PerturbedCall | None]:
+        """The served call's scratch and its perturbed call, now over; refuses a pass that missed a layer."""
         serving_call = self._serving_call()
         if serving_call is None:
-            return None
+            return None, None
         state = serving_call.state
         state.finished = True
         call, state.call = state.call, None
-        if call is None:
-            return self._shift_cond_reference(state, output) if state.reference_call else None
-        missed = [target.name for target in self.targets if target.name not in state.reached]
+        missed = [target.name for target in self.targets if target.name not in state.reached] if call else []
         if missed:
             raise RuntimeError(
                 f"SEG ran a perturbed pass but {len(missed)} of its {len(self.targets)} layers were "
                 f"never reached (first: {missed[0]}), so their queries were not blurred. "
                 f"{self.undo_hint}".strip()
             )
-        if call.host_rows == 0:  # a perturbed call of its own: its caller combines it
+        return state, call
+
+    def _hand_over_perturbed(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        """Denoiser output hook for a guider: the cond rows go back to the host, the perturbed ones to the guider."""
+        _, call = self._finish_call()
+        if call is None or call.host_rows == 0:  # not ours, or a perturbed call of its own: the guider has it
             return None
+        pred_cond, pred_perturbed = split_rows(_first_output(output), 2)
+        self.take_perturbed(pred_perturbed)
+        return _replace_first_output(output, pred_cond)
+
+    def _combine_predictions(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        """Denoiser output hook for a pipeline: hand the host rows its own CFG turns into the SEG prediction."""
+        state, call = self._finish_call()
+        if call is None:
+            return self._shift_cond_reference(state, output) if state is not None and state.reference_call else None
         pred = _first_output(output)
-        if self.take_perturbed is not None and not call.host.cfg:
-            pred_cond, pred_perturbed = split_rows(pred, 2)
-            self.take_perturbed(pred_perturbed)
-            return _replace_first_output(output, pred_cond)
         if call.host.cfg:
             pred_uncond, pred_cond, pred_perturbed = split_rows(pred, 3)
         else:
@@ -525,11 +547,8 @@ class SegHooks:
             return
         # The forward raised: torch is iterating the denoiser's forward-hook dict right now, so our two
         # hooks there (inert without a call in flight) go at the next remove(); every other hook goes now.
-        keep = self._denoiser_output_handles
-        for handle in self._handles:
-            if handle not in keep:
-                handle.remove()
-        self._handles = list(keep)
+        for name in [name for name in self._handles if name not in (OUTPUT, END_OF_CALL)]:
+            self._handles.pop(name).remove()
         serving_call.state.call = None
 
     def _shift_cond_reference(self, state: CallState, output: Any) -> Any:

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from smoothed_energy_guidance.guidance import SegConfig
+from smoothed_energy_guidance.core.guidance import SegConfig
+from smoothed_energy_guidance.core.layers import resolve_block_layers
 from smoothed_energy_guidance.hooks import HostStep
-from smoothed_energy_guidance.layers import resolve_block_layers
 from smoothed_energy_guidance.pipelines.transformer import (
     attach_seg_to_transformer,
     transformer_family,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from smoothed_energy_guidance.guidance import SegConfig
+from smoothed_energy_guidance.core.guidance import SegConfig
 from smoothed_energy_guidance.hooks import HostStep
 from smoothed_energy_guidance.pipelines.transformer import attach_seg_to_transformer
 from smoothed_energy_guidance.pipelines.unet import attach_seg_to_unet

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from smoothed_energy_guidance.blur import blur_queries
-from smoothed_energy_guidance.guidance import SegConfig
+from smoothed_energy_guidance.core.blur import blur_queries
+from smoothed_energy_guidance.core.guidance import SegConfig
 from smoothed_energy_guidance.hooks import HostStep
 from smoothed_energy_guidance.pipelines.unet import attach_seg_to_unet
 from smoothed_energy_guidance.testing import SDXL_UNET_CONFIG

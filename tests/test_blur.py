@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from reference import reference_blur_matrix, reference_blur_queries
-from smoothed_energy_guidance.blur import (
+from smoothed_energy_guidance.core.blur import (
     axis_kernel_size,
     blur_feature_map,
     blur_queries,

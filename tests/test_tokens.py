@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from smoothed_energy_guidance.blur import blur_queries
-from smoothed_energy_guidance.tokens import ImageTokens, blur_image_queries
+from smoothed_energy_guidance.core.blur import blur_queries
+from smoothed_energy_guidance.core.tokens import ImageTokens, blur_image_queries
 
 
 def queries(*shape: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from reference_dit import reference_seg_transformer
 
 import smoothed_energy_guidance as seg
 from conftest import MIN_EFFECT, TOLERANCE, make_pipe, no_hooks_left
-from smoothed_energy_guidance.blur import blur_queries
+from smoothed_energy_guidance.core.blur import blur_queries
 from smoothed_energy_guidance.testing import sharpen_transformer
 
 # 9 frames → 3 latent frames (4× temporal VAE); 64 × 96 pixels → 8 × 12 latents → 4 × 6 tokens (2 × 2 patches)

@@ -17,9 +17,9 @@ __version__ = "0.1.0"
 
 # Names of the core and of the engine; the SEG pipeline classes come from the family table (see _exports).
 _EXPORTS = {
-    "SegConfig": "guidance",
-    "apply_seg": "guidance",
-    "blur_queries": "blur",
+    "SegConfig": "core.guidance",
+    "apply_seg": "core.guidance",
+    "blur_queries": "core.blur",
     "SegHooks": "hooks",
     "enable_seg": "pipelines",
     "from_pipe": "pipelines",

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .context import SegCall, close_call, current_call, open_call
-from .guidance import SegConfig, apply_seg, split_rows
-from .tokens import ImageTokens, blur_image_queries
+from .core.context import SegCall, close_call, current_call, open_call
+from .core.guidance import SegConfig, apply_seg, split_rows
+from .core.tokens import ImageTokens, blur_image_queries
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+from ..core.guidance import SegConfig
 from ..families import family_of_seg_class
-from ..guidance import SegConfig
 from .enable import attach_seg, host_arguments
 
 SEG_CALL_DOC = """

@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import nn
 
+from ..core.guidance import SegConfig
 from ..families import supported_pipelines_text
-from ..guidance import SegConfig
 from ..hooks import SegHooks
 from .transformer import enable_seg_transformer, transformer_family
 from .unet import enable_seg_unet

@@ -24,9 +24,9 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.guiders.guider_utils import BaseGuidance, GuiderOutput
 from torch import nn
 
-from ..blur import INFINITE_SIGMA_THRESHOLD
+from ..core.blur import INFINITE_SIGMA_THRESHOLD
+from ..core.guidance import SegConfig, rescale_noise_cfg
 from ..families import guider_family_names
-from ..guidance import SegConfig, rescale_noise_cfg
 from ..hooks import HostStep, SegHooks
 from .transformer import attach_seg_to_transformer, transformer_family
 from .unet import attach_seg_to_unet

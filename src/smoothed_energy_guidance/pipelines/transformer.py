@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..context import SegCall
+from ..core.context import SegCall
+from ..core.guidance import SegConfig
+from ..core.layers import BlockInventory, resolve_block_layers
 from ..families import Family, TokenLayout, family_of_denoiser
-from ..guidance import SegConfig
 from ..hooks import ForkPlan, HostStep, QueryTarget, SegHooks
-from ..layers import BlockInventory, resolve_block_layers
 from .progress import LoopProgress
 from .queries import query_source
 

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..context import SegCall
-from ..guidance import SegConfig
+from ..core.context import SegCall
+from ..core.guidance import SegConfig
+from ..core.layers import AttentionInventory, resolve_layers, unet_self_attention_inventory
 from ..hooks import ForkPlan, HostStep, QueryTarget, SegHooks, append_cond_rows
-from ..layers import AttentionInventory, resolve_layers, unet_self_attention_inventory
 from .progress import LoopProgress
 from .queries import query_source
 

@@ -40,7 +40,7 @@ def blur_image_queries(
     Args:
         q: queries, (B, N, …) with ``token_dim=1`` or per head (B, heads, N, head_dim) with ``token_dim=2``.
         grid: the image's token grid, (h, w) or (t, h, w).
-        sigma, temporal_sigma: the blur (see :func:`~smoothed_energy_guidance.blur.blur_queries`).
+        sigma, temporal_sigma: the blur (see :func:`~smoothed_energy_guidance.core.blur.blur_queries`).
         layout: where the image tokens sit; ``text_tokens`` (for ``AFTER_TEXT``) is how many text tokens open
             the query; None: the image tokens end it.
         frames: each sample's frames as consecutive rows of ``q`` (frames folded into the batch); they are

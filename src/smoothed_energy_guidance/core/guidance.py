@@ -20,7 +20,7 @@ class SegConfig:
             scales are refused (they would be anti-guidance, which the official pipeline never runs).
         blur_sigma: Gaussian σ over the image grid; any value > 9999 (``float("inf")``) means
             uniform queries.
-        layers: layer specs (see :mod:`smoothed_energy_guidance.layers`); None picks the model
+        layers: layer specs (see :mod:`smoothed_energy_guidance.core.layers`); None picks the model
             family's default (``["mid"]`` for UNets, the middle block for transformers).
         start: first fraction of the denoising steps during which SEG runs.
         end: fraction of the steps at which SEG stops (exclusive).

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from smoothed_energy_guidance.core.grids import layer_grid
 from smoothed_energy_guidance.core.layers import AttentionInventory, resolve_layers, unet_self_attention_inventory
-from smoothed_energy_guidance.hooks import layer_grid
 from smoothed_energy_guidance.testing import SDXL_UNET_CONFIG
 
 

@@ -18,7 +18,6 @@ every attention backend and LoRA-wrapped projections working.
 from __future__ import annotations
 
 import contextvars
-import math
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from .core.context import SegCall, close_call, current_call, open_call
+from .core.grids import DenoiserInputs, layer_grid, unet_call_inputs
 from .core.guidance import SegConfig, apply_seg, split_rows
 from .core.tokens import ImageTokens, blur_image_queries
 
@@ -79,39 +79,11 @@ class HostStep:
     seg_scale_factor: float = 1.0  # scales s where the host's own guidance multiplies it (true CFG)
 
 
-@dataclass(frozen=True)
-class DenoiserInputs:
-    """What SEG reads from one denoiser call's arguments."""
-
-    rows: int
-    grid: tuple[int, ...]  # latent (UNet) or token (transformer) grid; (t, h, w) for video
-    timestep: Any
-    # A cond-only call whose output the host subtracts from its cond prediction (SD3 skip-layer
-    # guidance): SEG adds no rows there, and shifts it so the host's subtraction sees the true cond.
-    cond_reference: bool = False
-    # Text tokens ahead of the image tokens in ``image_tail`` queries; None: the image tokens end the query.
-    text_tokens: int | None = None
-    # False when this call carries inputs the blocks consume in the denoiser's own loop (SD3 ControlNet
-    # residuals): the perturbed rows then join at the input instead of forking after the shared prefix.
-    shares_prefix: bool = True
-    # Frames a video UNet folds into its batch (AnimateDiff: row b·F + f is frame f of sample b); its
-    # spatial attentions see one frame per row, and SEG blurs over the (frames, h, w) grid of each sample.
-    frames: int = 1
-
-
 def image_layout(target: QueryTarget) -> ImageTokens:
     """Where ``target``'s queries keep the image tokens."""
     if target.image_tail:
         return ImageTokens.AFTER_TEXT
     return ImageTokens.FIRST if target.image_head else ImageTokens.ALL
-
-
-def unet_call_inputs(args: tuple, kwargs: dict) -> DenoiserInputs:
-    """UNet2DConditionModel.forward(sample, timestep, …); a 5-D sample is (B, C, F, H, W) video (UNetMotionModel)."""
-    sample = args[0] if args else kwargs["sample"]
-    timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
-    frames = sample.shape[2] if sample.ndim == 5 else 1
-    return DenoiserInputs(sample.shape[0], tuple(sample.shape[-2:]), timestep, frames=frames)
 
 
 @dataclass(frozen=True)
@@ -136,19 +108,6 @@ class PerturbedCall:
     def cond_rows(self) -> slice:
         """The host's cond rows: the last group of its batch."""
         return slice(self.host_rows - self.group_rows, self.host_rows)
-
-
-def layer_grid(latent_hw: tuple[int, ...], downsample: int) -> tuple[int, ...]:
-    """Grid of a layer ``downsample`` levels below the latent: each level halves with ceil.
-
-    A video token grid (t, h, w) of a transformer is used as it is (its layers share one grid).
-    """
-    if len(latent_hw) == 3:
-        return latent_hw
-    height, width = latent_hw
-    for _ in range(downsample):
-        height, width = math.ceil(height / 2), math.ceil(width / 2)
-    return height, width
 
 
 def append_cond_rows(

@@ -1,7 +1,7 @@
 """Where each family's denoiser call says its token grid: the grid readers the family records name.
 
 Each reader takes ``(model, args, kwargs)`` of one denoiser call and returns the
-:class:`~smoothed_energy_guidance.hooks.DenoiserInputs` SEG needs (rows, grid, timestep, text tokens). A family
+:class:`~smoothed_energy_guidance.core.grids.DenoiserInputs` SEG needs (rows, grid, timestep, text tokens). A family
 gets a reader of its own only where no shared one can say its grid. Pure torch.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..hooks import DenoiserInputs
+from ..core.grids import DenoiserInputs
 
 
 def sd3_inputs(model: Any, args: tuple, kwargs: dict) -> DenoiserInputs:

@@ -6,7 +6,7 @@ through Modular Diffusers' guider alone.
 
 from __future__ import annotations
 
-from ..hooks import unet_call_inputs
+from ..core.grids import unet_call_inputs
 from . import inputs
 from .records import Cfg, Family, PerturbedRows, Stack, Task, TokenLayout
 

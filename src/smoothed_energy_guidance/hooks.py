@@ -31,7 +31,7 @@ from torch import nn
 from .core.context import SegCall, close_call, current_call, open_call
 from .core.grids import DenoiserInputs, layer_grid, unet_call_inputs
 from .core.guidance import SegConfig, apply_seg, split_rows
-from .core.tokens import ImageTokens, blur_image_queries
+from .core.tokens import TokenLayout, blur_image_queries
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,7 @@ class QueryTarget:
     downsample: int  # ceil-halvings from the latent grid to this layer's grid
     token_dim: int = 1  # 1: queries are (B, N, …); 2: per-head (B, heads, N, head_dim)
     source: str = "to_q"  # the attention's attribute that ``projection`` is
-    # the query holds text tokens, then the image tokens, then any reference-image tokens (Flux single blocks)
-    image_tail: bool = False
-    image_head: bool = False  # the image tokens may be followed by other tokens (Qwen-Image edit, ERNIE-Image)
+    tokens: TokenLayout = TokenLayout.IMAGE_ONLY  # where the queries keep the image tokens
     parts: int = 1  # 3 when the queries are the first third of a fused QKV projection
 
 
@@ -77,13 +75,6 @@ class HostStep:
     progress: float | Callable[[], float]
     seg_allowed: bool = True  # False for calls SEG must leave alone (e.g. a separate uncond pass)
     seg_scale_factor: float = 1.0  # scales s where the host's own guidance multiplies it (true CFG)
-
-
-def image_layout(target: QueryTarget) -> ImageTokens:
-    """Where ``target``'s queries keep the image tokens."""
-    if target.image_tail:
-        return ImageTokens.AFTER_TEXT
-    return ImageTokens.FIRST if target.image_head else ImageTokens.ALL
 
 
 @dataclass(frozen=True)
@@ -435,7 +426,7 @@ class SegHooks:
                 grid,
                 self.config.blur_sigma,
                 self.config.temporal_sigma,
-                layout=image_layout(target),
+                layout=target.tokens,
                 token_dim=target.token_dim,
                 text_tokens=call.text_tokens,
                 frames=call.frames,

@@ -21,7 +21,7 @@ class DenoiserInputs:
     # A cond-only call whose output the host subtracts from its cond prediction (SD3 skip-layer
     # guidance): SEG adds no rows there, and shifts it so the host's subtraction sees the true cond.
     cond_reference: bool = False
-    # Text tokens ahead of the image tokens in ``image_tail`` queries; None: the image tokens end the query.
+    # Text tokens ahead of the image tokens in ``TEXT_FIRST`` queries; None: the image tokens end the query.
     text_tokens: int | None = None
     # False when this call carries inputs the blocks consume in the denoiser's own loop (SD3 ControlNet
     # residuals): the perturbed rows then join at the input instead of forking after the shared prefix.

@@ -15,12 +15,12 @@ import torch
 from .blur import blur_queries
 
 
-class ImageTokens(enum.Enum):
+class TokenLayout(enum.Enum):
     """Where a query tensor keeps the generated image's tokens."""
 
-    ALL = "every token is an image token"
-    FIRST = "image tokens first, then other tokens"
-    AFTER_TEXT = "text tokens, then image tokens, then any reference-image tokens"
+    IMAGE_ONLY = "image tokens only"
+    IMAGE_FIRST = "image tokens first, then other tokens (reference images, text, padding)"
+    TEXT_FIRST = "text tokens first, then the image tokens, then any reference-image tokens"
 
 
 def blur_image_queries(
@@ -29,7 +29,7 @@ def blur_image_queries(
     sigma: float,
     temporal_sigma: float = 0.0,
     *,
-    layout: ImageTokens = ImageTokens.ALL,
+    layout: TokenLayout = TokenLayout.IMAGE_ONLY,
     token_dim: int = 1,
     text_tokens: int | None = None,
     frames: int = 1,
@@ -41,14 +41,14 @@ def blur_image_queries(
         q: queries, (B, N, …) with ``token_dim=1`` or per head (B, heads, N, head_dim) with ``token_dim=2``.
         grid: the image's token grid, (h, w) or (t, h, w).
         sigma, temporal_sigma: the blur (see :func:`~smoothed_energy_guidance.core.blur.blur_queries`).
-        layout: where the image tokens sit; ``text_tokens`` (for ``AFTER_TEXT``) is how many text tokens open
+        layout: where the image tokens sit; ``text_tokens`` (for ``TEXT_FIRST``) is how many text tokens open
             the query; None: the image tokens end it.
         frames: each sample's frames as consecutive rows of ``q`` (frames folded into the batch); they are
             blurred as one (frames, h, w) grid.
         layer: named in errors.
 
     >>> q = torch.arange(8.0).view(1, 4, 2)  # 2 text tokens, then a 1 × 2 image
-    >>> blur_image_queries(q, (1, 2), float("inf"), layout=ImageTokens.AFTER_TEXT)[0, :, 0].tolist()
+    >>> blur_image_queries(q, (1, 2), float("inf"), layout=TokenLayout.TEXT_FIRST)[0, :, 0].tolist()
     [0.0, 2.0, 5.0, 5.0]
     """
     if token_dim == 2:  # (B, heads, N, head_dim) → (B, N, heads·head_dim)
@@ -61,13 +61,13 @@ def blur_image_queries(
         flat = flat.reshape(per_frame[0] // frames, frames * per_frame[1], per_frame[2])
         grid = (frames, *grid)
     image_tokens = math.prod(grid)
-    if layout is ImageTokens.ALL and flat.shape[1] != image_tokens:
+    if layout is TokenLayout.IMAGE_ONLY and flat.shape[1] != image_tokens:
         raise ValueError(
             f"SEG layer {layer} has {flat.shape[1]} query tokens but its grid is "
             f"{'x'.join(map(str, grid))} = {image_tokens}; the grid must be the layer's real feature-map size."
         )
     start = 0
-    if layout is ImageTokens.AFTER_TEXT:
+    if layout is TokenLayout.TEXT_FIRST:
         start = flat.shape[1] - image_tokens if text_tokens is None else text_tokens
     if start < 0 or start + image_tokens > flat.shape[1]:
         raise ValueError(

@@ -12,13 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-
-class TokenLayout(enum.Enum):
-    """Where a stack's attention queries keep the generated image's tokens."""
-
-    IMAGE_ONLY = "image tokens only"
-    IMAGE_FIRST = "image tokens first, then other tokens (reference images, text, padding)"
-    TEXT_FIRST = "text tokens first, then the image tokens, then any reference-image tokens"
+from ..core.tokens import TokenLayout
 
 
 class Cfg(enum.Enum):

@@ -6,7 +6,6 @@ through Modular Diffusers' guider alone.
 
 from __future__ import annotations
 
-from ..core.grids import unet_call_inputs
 from . import inputs
 from .records import Cfg, Family, PerturbedRows, Stack, Task, TokenLayout
 
@@ -366,5 +365,3 @@ FAMILIES: tuple[Family, ...] = (
     COSMOS,
     HUNYUAN_VIDEO_15,
 )
-# unet_call_inputs reads every UNet family's grid (its records name no reader of their own)
-UNET_INPUTS = unet_call_inputs

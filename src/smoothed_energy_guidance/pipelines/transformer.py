@@ -19,7 +19,7 @@ from torch import nn
 from ..core.context import SegCall
 from ..core.guidance import SegConfig
 from ..core.layers import BlockInventory, resolve_block_layers
-from ..families import Family, TokenLayout, family_of_denoiser
+from ..families import Family, family_of_denoiser
 from ..hooks import ForkPlan, HostStep, QueryTarget, SegHooks
 from .progress import LoopProgress
 from .queries import query_source
@@ -66,7 +66,6 @@ def transformer_query_targets(model: nn.Module, names: Sequence[str], family: Fa
     for name in names:
         attention = modules[name]
         source = query_source(attention, family.query_token_dim)
-        tokens = family.stack_tokens(_stack_of(name, family))
         targets.append(
             QueryTarget(
                 name,
@@ -75,8 +74,7 @@ def transformer_query_targets(model: nn.Module, names: Sequence[str], family: Fa
                 0,
                 token_dim=source.token_dim,
                 source=source.attribute,
-                image_tail=tokens is TokenLayout.TEXT_FIRST,
-                image_head=tokens is TokenLayout.IMAGE_FIRST,
+                tokens=family.stack_tokens(_stack_of(name, family)),
                 parts=source.parts,
             )
         )

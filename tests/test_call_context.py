@@ -101,3 +101,29 @@ def test_the_guider_acts_only_inside_the_call_it_prepared(components):
     finally:
         guider.cleanup_models(unet)
     assert torch.equal(direct_unet_call(unet), expected)
+
+
+def test_hooks_are_named_single_purpose_units_chosen_by_the_entry_point(plain_pipe, components):
+    """A pipeline's handle combines predictions; a guider's hands the perturbed one over and ends with its call."""
+    from smoothed_energy_guidance.hooks import APPEND_ROWS, END_OF_CALL, OUTPUT
+
+    with seg.enable_seg(plain_pipe, blur_sigma=1.0, layers=["mid"]) as handle:
+        names = handle.hook_names
+        assert names[0] == APPEND_ROWS and names[-1] == OUTPUT and END_OF_CALL not in names
+        assert [name for name in names if name.startswith("blur queries of ")] == [
+            f"blur queries of mid_block.attentions.0.transformer_blocks.{index}.attn1" for index in (0, 1)
+        ]
+    assert handle.hook_names == ()
+
+    unet = components["unet"]
+    guider = seg.SmoothedEnergyGuidance(guidance_scale=5.0, blur_sigma=1.0)
+    guider.set_state(step=0, num_inference_steps=4, timestep=torch.tensor(500))
+    guider.prepare_inputs({"prompt_embeds": (torch.zeros(1), torch.zeros(1))})
+    guider.prepare_models(unet)
+    try:
+        (per_call,) = seg.hooks.active_seg_hooks(unet)
+        assert per_call.hook_names[-2:] == (OUTPUT, END_OF_CALL)
+        direct_unet_call(unet)  # the one call it serves
+    finally:
+        guider.cleanup_models(unet)
+    assert per_call.hook_names == () and not seg.hooks.active_seg_hooks(unet)

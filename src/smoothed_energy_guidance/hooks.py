@@ -1,18 +1,21 @@
-"""The only code that touches a model, and only through PyTorch forward hooks, each with one job and a name:
+"""The only code that touches a model, and only through PyTorch forward hooks: small units with one job each,
+kept by name on their handle (:class:`SegHooks`), as diffusers' ``HookRegistry`` keeps its hooks.
 
-1. "append perturbed rows" (a pre-hook on the denoiser) starts the call's perturbed rows: copies of the cond
-   rows of every batch-shaped input (latents, timesteps, text embeddings, time ids, ControlNet residuals,
-   IP-Adapter embeddings), appended there or — "widen the inputs of forked block i" — at the first block
-   holding a SEG layer, so the shared prefix runs once;
-2. "blur queries of <layer>" (on each selected attention's query projection) blurs the perturbed rows of
-   its output over the layer's grid, as :func:`.tokens.blur_image_queries` lays the tokens out;
-3. "combine or hand over predictions" (on the denoiser output) combines uncond / cond / perturbed into the
-   SEG prediction and hands the host pipeline rows it turns back into exactly that prediction — or, for a
-   guider, hands the guider the perturbed prediction and the host the cond one;
-4. "end of call" (a guider's handle) removes them all when its one denoiser call ends, raised or not.
+1. :class:`AppendPerturbedRows` ("append perturbed rows", a pre-hook on the denoiser) starts the call's
+   perturbed rows: copies of the cond rows of every batch-shaped input (latents, timesteps, text embeddings,
+   time ids, ControlNet residuals, IP-Adapter embeddings), appended there or — :class:`WidenForkedBlock`,
+   "widen the inputs of forked block i" — at the first block holding a SEG layer, so the shared prefix runs
+   once;
+2. :class:`BlurQueries` ("blur queries of <layer>", on each selected attention's query projection) blurs the
+   perturbed rows of its output over the layer's grid, as :func:`.core.tokens.blur_image_queries` lays the
+   tokens out;
+3. an output unit on the denoiser: :class:`CombinePredictions` combines uncond / cond / perturbed into the SEG
+   prediction and hands the host pipeline rows it turns back into exactly that prediction;
+   :class:`HandOverPerturbed` hands a guider the perturbed prediction and the host the cond one, and removes
+   the handle when its one denoiser call ends, raised or not.
 
-They act only in calls the call context (:mod:`.context`) names them for. Hooking the query projection keeps
-every attention backend and LoRA-wrapped projections working.
+They act only in calls the call context (:mod:`.core.context`) names them for. Hooking the query projection
+keeps every attention backend and LoRA-wrapped projections working.
 """
 
 from __future__ import annotations
@@ -61,6 +64,27 @@ class ForkPlan:
 
     blocks: tuple[nn.Module, ...]
     widen_inputs: Callable[[tuple, dict, int, slice], tuple[tuple, dict]]
+
+
+@dataclass(frozen=True)
+class DenoiserPlan:
+    """What SEG hooks on one denoiser: its selected attentions, where the perturbed rows join, how its call reads.
+
+    ``read_inputs`` reads a call's batch, grid and token counts; inputs named in ``unbatched`` (position ids)
+    are never given perturbed rows; ``query_source(target)`` names the module the attention's processor really
+    takes its queries from now, so a swapped projection is refused instead of missed; ``undo_hint`` tells the
+    user how to recover from that.
+    """
+
+    denoiser: nn.Module
+    targets: tuple[QueryTarget, ...]
+    undo_hint: str = ""
+    fork: ForkPlan | None = None
+    read_inputs: Callable[[tuple, dict], DenoiserInputs] = unet_call_inputs
+    unbatched: frozenset[str] = frozenset()
+    query_source: Callable[[QueryTarget], nn.Module | None] = lambda target: getattr(
+        target.attention, target.source, None
+    )
 
 
 @dataclass(frozen=True)
@@ -183,52 +207,38 @@ class CallState:
 
 # Names of the hooks on the denoiser itself.
 APPEND_ROWS, OUTPUT, END_OF_CALL = "append perturbed rows", "combine or hand over predictions", "end of call"
+Handles = dict[str, torch.utils.hooks.RemovableHandle]
 
 
 class SegHooks:
-    """Forward hooks that run SEG on a denoiser, tracked by handle.
+    """One SEG handle: the named forward hooks that run SEG on a denoiser, and their lifecycle.
 
     Use as a context manager or call :meth:`remove`; removing twice is harmless.
-    The hooks act only on denoiser calls whose call context (:mod:`..context`) names this handle: an
+    The hooks act only on denoiser calls whose call context (:mod:`.core.context`) names this handle: an
     entry point (a SEG pipeline's ``__call__``, a pipeline armed by ``enable_seg``, the guider) sets it;
     every other call — another thread, a plain function, a sibling pipeline sharing the denoiser — runs
-    untouched. ``scope`` is the pipeline or guider the handle serves (two handles on one denoiser need
-    different scopes). ``read_host(timestep, call)`` tells, for each denoiser call, whether CFG is on and
-    how far the denoising has progressed. ``query_source(target)`` names the module the attention's
-    processor really takes its queries from now, so a swapped projection is refused instead of missed.
+    untouched. ``plan`` says what is hooked (None: nothing, SEG is off); ``scope`` is the pipeline or guider
+    the handle serves (two handles on one denoiser need different scopes); ``read_host(timestep, call)`` tells,
+    for each denoiser call, whether CFG is on and how far the denoising has progressed; ``output`` is the unit
+    that turns the predictions into what the host gets (:class:`CombinePredictions` for a pipeline,
+    :class:`HandOverPerturbed` for a guider).
     """
 
     def __init__(
         self,
-        denoiser: nn.Module,
-        targets: Sequence[QueryTarget],
+        plan: DenoiserPlan | None,
         config: SegConfig,
-        read_host: Callable[[Any, SegCall], HostStep],
-        undo_hint: str = "",
-        fork: ForkPlan | None = None,
-        read_inputs: Callable[[tuple, dict], DenoiserInputs] = unet_call_inputs,
-        unbatched: frozenset[str] = frozenset(),
+        read_host: Callable[[Any, SegCall], HostStep] | None,
         scope: Any = None,
-        query_source: Callable[[QueryTarget], nn.Module | None] | None = None,
-        take_perturbed: Callable[[torch.Tensor], None] | None = None,
-        one_call: bool = False,
+        output: OutputUnit | None = None,
     ) -> None:
-        self.denoiser = denoiser
-        self.fork = fork
-        self.read_inputs = read_inputs
-        self.unbatched = unbatched
-        self.targets = tuple(targets)
+        self.plan = plan
         self.config = config
         self.read_host = read_host
-        self.undo_hint = undo_hint
         self.scope = scope
-        self.query_source = query_source or (lambda target: getattr(target.attention, target.source, None))
-        # A guider combines the predictions itself: it receives the perturbed one and the host the cond one.
-        self.take_perturbed = take_perturbed
-        # Live for one denoiser call only (a guider's perturbed pass): removed when it ends, raised or not.
-        self.one_call = one_call
+        self.output = output if output is not None else CombinePredictions()
         # Every hook by name, as diffusers' HookRegistry keeps them; each does one job (see attach).
-        self._handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
+        self._handles: Handles = {}
         self._on_remove: list[Callable[[], None]] = []
         # The call being served, for code torch.compile traces: dynamo cannot read a ContextVar, but it
         # guards on this attribute (None, or the call), so a compiled graph never serves the wrong call.
@@ -240,41 +250,36 @@ class SegHooks:
 
     # lifecycle -------------------------------------------------------------------------------
     def attach(self) -> SegHooks:
-        if self._handles:
-            return self
-        if not self.config.enabled:
-            return self  # s == 0: nothing may run
+        if self._handles or self.plan is None or not self.config.enabled:
+            return self  # attached already, or s == 0: nothing may run
+        plan = self.plan
         self._refuse_stacking()
         make_torch_compile_see_hooks()
-        denoiser, handles = self.denoiser, self._handles
+        handles = self._handles
         try:
-            handles[APPEND_ROWS] = denoiser.register_forward_pre_hook(self._append_perturbed_rows, with_kwargs=True)
-            for target in self.targets:
+            handles[APPEND_ROWS] = plan.denoiser.register_forward_pre_hook(AppendPerturbedRows(self), with_kwargs=True)
+            for target in plan.targets:
                 handles[f"blur queries of {target.name}"] = target.projection.register_forward_hook(
-                    self._query_hook(target)
+                    BlurQueries(self, target)
                 )
-            for index, block in enumerate(self.fork.blocks if self.fork else ()):
+            for index, block in enumerate(plan.fork.blocks if plan.fork else ()):
                 handles[f"widen the inputs of forked block {index}"] = block.register_forward_pre_hook(
-                    self._widen_block_inputs, with_kwargs=True
+                    WidenForkedBlock(self), with_kwargs=True
                 )
-            # a guider combines the predictions itself; a pipeline gets the combined one from its own CFG
-            output = self._hand_over_perturbed if self.take_perturbed is not None else self._combine_predictions
-            handles[OUTPUT] = denoiser.register_forward_hook(output, with_kwargs=True)
-            if self.one_call:
-                handles[END_OF_CALL] = denoiser.register_forward_hook(self._end_of_call, always_call=True)
+            handles.update(self.output.register(self))
         except BaseException:
             self.remove()
             raise
-        _ATTACHED.setdefault(self.denoiser, []).append(self)
+        _ATTACHED.setdefault(plan.denoiser, []).append(self)
         return self
 
     def _refuse_stacking(self) -> None:
         """Two handles may share a denoiser only when each is scoped to a different pipeline."""
-        for other in active_seg_hooks(self.denoiser):
+        for other in active_seg_hooks(self.plan.denoiser):
             if other.scope is None or self.scope is None or other.scope is self.scope:
                 raise RuntimeError(
-                    f"SEG is already enabled on this {type(self.denoiser).__name__} by {other!r}; remove that "
-                    "handle first (handle.remove(), or leave its `with` block), or pass seg_scale=0 to a SEG "
+                    f"SEG is already enabled on this {type(self.plan.denoiser).__name__} by {other!r}; remove "
+                    "that handle first (handle.remove(), or leave its `with` block), or pass seg_scale=0 to a SEG "
                     "pipeline call while it is active."
                 )
 
@@ -286,12 +291,16 @@ class SegHooks:
         """Remove every hook; safe to call more than once."""
         while self._on_remove:
             self._on_remove.pop()()
-        while self._handles:
-            self._handles.popitem()[1].remove()
-        attached = _ATTACHED.get(self.denoiser) if self.denoiser is not None else None
+        self.remove_hooks()
+        attached = _ATTACHED.get(self.plan.denoiser) if self.plan is not None else None
         if attached is not None and self in attached:
             attached.remove(self)
         self._published = None
+
+    def remove_hooks(self, keep: Sequence[str] = ()) -> None:
+        """Remove the hooks not named in ``keep``."""
+        for name in [name for name in self._handles if name not in keep]:
+            self._handles.pop(name).remove()
 
     # serving calls ---------------------------------------------------------------------------
     def new_call(self, arguments: Mapping[str, Any] | None = None, perturb_whole_call: bool = False) -> SegCall:
@@ -317,7 +326,7 @@ class SegHooks:
         close_call(token)
         self._published = None
 
-    def _serving_call(self) -> SegCall | None:
+    def serving_call(self) -> SegCall | None:
         """The call this thread serves with these hooks, or None: their hooks stay inert."""
         call = self._published if torch.compiler.is_compiling() else current_call()
         return call if call is not None and call.hooks is self else None
@@ -326,57 +335,96 @@ class SegHooks:
     def attached(self) -> bool:
         return bool(self._handles)
 
+    @property
+    def hook_names(self) -> tuple[str, ...]:
+        """The names of the hooks on the model now, in the order they were registered."""
+        return tuple(self._handles)
+
     def __enter__(self) -> SegHooks:
         return self.attach()
 
     def __exit__(self, *exc_info: object) -> None:
         self.remove()
 
-    # hooks -----------------------------------------------------------------------------------
+    def finish_call(self) -> tuple[CallState | None, PerturbedCall | None]:
+        """The served call's scratch and its perturbed call, now over; refuses a pass that missed a layer."""
+        serving_call = self.serving_call()
+        if serving_call is None:
+            return None, None
+        state = serving_call.state
+        state.finished = True
+        call, state.call = state.call, None
+        targets = self.plan.targets
+        missed = [target.name for target in targets if target.name not in state.reached] if call else []
+        if missed:
+            raise RuntimeError(
+                f"SEG ran a perturbed pass but {len(missed)} of its {len(targets)} layers were "
+                f"never reached (first: {missed[0]}), so their queries were not blurred. "
+                f"{self.plan.undo_hint}".strip()
+            )
+        return state, call
+
+
+# The hook units: each one job, each reading the served call through its handle. ---------------------------
+def _with_cond_rows_appended(plan: DenoiserPlan, call: PerturbedCall, args: tuple, kwargs: dict) -> tuple:
+    return (
+        append_cond_rows(args, call.host_rows, call.cond_rows, plan.unbatched, call.frames),
+        append_cond_rows(kwargs, call.host_rows, call.cond_rows, plan.unbatched, call.frames),
+    )
+
+
+class AppendPerturbedRows:
+    """Denoiser pre-hook: start the call's perturbed rows (appended here, or forked at the first SEG block)."""
+
+    def __init__(self, hooks: SegHooks) -> None:
+        self.hooks = hooks
+
     def _check_projections(self) -> None:
         """Refuse to run when a projection was swapped (fused QKV, LoRA added) after attaching."""
-        for target in self.targets:
-            if self.query_source(target) is not target.projection:
+        plan = self.hooks.plan
+        for target in plan.targets:
+            if plan.query_source(target) is not target.projection:
                 raise RuntimeError(
                     f"The query projection of SEG layer {target.name} changed after SEG was enabled "
-                    f"(fused QKV or a LoRA added?). {self.undo_hint}"
+                    f"(fused QKV or a LoRA added?). {plan.undo_hint}"
                 )
 
-    def _append_perturbed_rows(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        """Denoiser pre-hook: start the call's perturbed rows (appended here, or forked at the first SEG block)."""
-        serving_call = self._serving_call()
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        hooks = self.hooks
+        serving_call = hooks.serving_call()
         if serving_call is None:
             return None  # not a call of this handle's entry point: it runs exactly as without SEG
+        plan, config = hooks.plan, hooks.config
         state = serving_call.state
         state.call = None
         state.finished = False
         state.reference_call = False
-        inputs = self.read_inputs(args, kwargs)
+        inputs = plan.read_inputs(args, kwargs)
         if inputs.cond_reference:
             state.reference_call = True
             return None
         state.last_seg = None
-        host = self.read_host(inputs.timestep, serving_call)
+        host = hooks.read_host(inputs.timestep, serving_call)
         if not host.seg_allowed:
             return None
-        if self.config.windowed:
+        if config.windowed:
             progress = host.progress() if callable(host.progress) else host.progress
-            if not self.config.active_at(progress):
+            if not config.active_at(progress):
                 return None
         self._check_projections()
         host_rows = inputs.rows
         groups = 2 if host.cfg else 1
         if host_rows % groups:
             raise ValueError(f"CFG batch of {host_rows} rows is not [uncond, cond]; cannot add SEG rows.")
-        seg_scale = self.config.scale * host.seg_scale_factor
+        seg_scale = config.scale * host.seg_scale_factor
+        state.reached = set()
         if serving_call.perturb_whole_call:  # a perturbed call of its own: blur every row, add none
-            state.call, state.reached = (
-                PerturbedCall(host, 0, host_rows, inputs.grid, seg_scale, inputs.text_tokens, frames=inputs.frames),
-                set(),
+            state.call = PerturbedCall(
+                host, 0, host_rows, inputs.grid, seg_scale, inputs.text_tokens, frames=inputs.frames
             )
             return None
-        forked = self.fork is not None and inputs.shares_prefix
-        call = PerturbedCall(
+        forked = plan.fork is not None and inputs.shares_prefix
+        state.call = call = PerturbedCall(
             host,
             host_rows,
             host_rows // groups,
@@ -386,86 +434,83 @@ class SegHooks:
             forked=forked,
             frames=inputs.frames,
         )
-        state.call = call
-        state.reached = set()
         if forked:
-            return self.fork.widen_inputs(args, kwargs, host_rows, call.cond_rows)
-        return self._with_cond_rows_appended(call, args, kwargs)
+            return plan.fork.widen_inputs(args, kwargs, host_rows, call.cond_rows)
+        return _with_cond_rows_appended(plan, call, args, kwargs)
 
-    def _with_cond_rows_appended(self, call: PerturbedCall, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        return (
-            append_cond_rows(args, call.host_rows, call.cond_rows, self.unbatched, call.frames),
-            append_cond_rows(kwargs, call.host_rows, call.cond_rows, self.unbatched, call.frames),
-        )
 
-    def _widen_block_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        serving_call = self._serving_call()
+class WidenForkedBlock:
+    """Pre-hook of a block from the fork on: copies of the cond rows for the pre-fork tensors it consumes."""
+
+    def __init__(self, hooks: SegHooks) -> None:
+        self.hooks = hooks
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        serving_call = self.hooks.serving_call()
         call = None if serving_call is None else serving_call.state.call
-        return None if call is None or not call.forked else self._with_cond_rows_appended(call, args, kwargs)
-
-    def _query_hook(self, target: QueryTarget) -> Callable:
-        def blur_perturbed_queries(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            serving_call = self._serving_call()
-            if serving_call is None or serving_call.state.call is None:
-                return None
-            state = serving_call.state
-            call = state.call
-            expected = (call.host_rows + call.group_rows) * call.frames
-            if output.shape[0] != expected:
-                raise RuntimeError(
-                    f"SEG layer {target.name} saw a batch of {output.shape[0]} rows, expected "
-                    f"{expected}; is it a self-attention of this denoiser?"
-                )
-            state.reached.add(target.name)
-            grid = layer_grid(call.latent_hw, target.downsample)
-            perturbed = call.perturbed
-            rows = output[perturbed]
-            q_channels = output.shape[-1] // target.parts
-            q = blur_image_queries(
-                rows[..., :q_channels],
-                grid,
-                self.config.blur_sigma,
-                self.config.temporal_sigma,
-                layout=target.tokens,
-                token_dim=target.token_dim,
-                text_tokens=call.text_tokens,
-                frames=call.frames,
-                layer=target.name,
-            )
-            rows = torch.cat([q, rows[..., q_channels:]], dim=-1) if target.parts > 1 else q
-            return torch.cat([output[: perturbed.start], rows])
-
-        return blur_perturbed_queries
-
-    def _finish_call(self) -> tuple[CallState | None, PerturbedCall | None]:
-        """The served call's scratch and its perturbed call, now over; refuses a pass that missed a layer."""
-        serving_call = self._serving_call()
-        if serving_call is None:
-            return None, None
-        state = serving_call.state
-        state.finished = True
-        call, state.call = state.call, None
-        missed = [target.name for target in self.targets if target.name not in state.reached] if call else []
-        if missed:
-            raise RuntimeError(
-                f"SEG ran a perturbed pass but {len(missed)} of its {len(self.targets)} layers were "
-                f"never reached (first: {missed[0]}), so their queries were not blurred. "
-                f"{self.undo_hint}".strip()
-            )
-        return state, call
-
-    def _hand_over_perturbed(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        """Denoiser output hook for a guider: the cond rows go back to the host, the perturbed ones to the guider."""
-        _, call = self._finish_call()
-        if call is None or call.host_rows == 0:  # not ours, or a perturbed call of its own: the guider has it
+        if call is None or not call.forked:
             return None
-        pred_cond, pred_perturbed = split_rows(_first_output(output), 2)
-        self.take_perturbed(pred_perturbed)
-        return _replace_first_output(output, pred_cond)
+        return _with_cond_rows_appended(self.hooks.plan, call, args, kwargs)
 
-    def _combine_predictions(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        """Denoiser output hook for a pipeline: hand the host rows its own CFG turns into the SEG prediction."""
-        state, call = self._finish_call()
+
+class BlurQueries:
+    """Forward hook of one SEG layer's query projection: blur the perturbed rows of its output."""
+
+    def __init__(self, hooks: SegHooks, target: QueryTarget) -> None:
+        self.hooks = hooks
+        self.target = target
+
+    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        serving_call = self.hooks.serving_call()
+        if serving_call is None or serving_call.state.call is None:
+            return None
+        target, config = self.target, self.hooks.config
+        state = serving_call.state
+        call = state.call
+        expected = (call.host_rows + call.group_rows) * call.frames
+        if output.shape[0] != expected:
+            raise RuntimeError(
+                f"SEG layer {target.name} saw a batch of {output.shape[0]} rows, expected "
+                f"{expected}; is it a self-attention of this denoiser?"
+            )
+        state.reached.add(target.name)
+        perturbed = call.perturbed
+        rows = output[perturbed]
+        q_channels = output.shape[-1] // target.parts
+        q = blur_image_queries(
+            rows[..., :q_channels],
+            layer_grid(call.latent_hw, target.downsample),
+            config.blur_sigma,
+            config.temporal_sigma,
+            layout=target.tokens,
+            token_dim=target.token_dim,
+            text_tokens=call.text_tokens,
+            frames=call.frames,
+            layer=target.name,
+        )
+        rows = torch.cat([q, rows[..., q_channels:]], dim=-1) if target.parts > 1 else q
+        return torch.cat([output[: perturbed.start], rows])
+
+
+class OutputUnit:
+    """What the host gets from a SEG denoiser call: registers the denoiser's output hook(s), by name."""
+
+    def register(self, hooks: SegHooks) -> Handles:
+        raise NotImplementedError
+
+
+class CombinePredictions(OutputUnit):
+    """For a pipeline: combine uncond / cond / perturbed into the SEG prediction and hand the host rows its
+    own CFG turns back into exactly that prediction."""
+
+    def register(self, hooks: SegHooks) -> Handles:
+        def combine(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+            return self.combine(hooks, output)
+
+        return {OUTPUT: hooks.plan.denoiser.register_forward_hook(combine, with_kwargs=True)}
+
+    def combine(self, hooks: SegHooks, output: Any) -> Any:
+        state, call = hooks.finish_call()
         if call is None:
             return self._shift_cond_reference(state, output) if state is not None and state.reference_call else None
         pred = _first_output(output)
@@ -486,22 +531,8 @@ class SegHooks:
         rows = torch.cat([pred_seg, pred_seg]) if call.host.cfg else pred_seg
         return _replace_first_output(output, rows)
 
-    def _end_of_call(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if torch.compiler.is_compiling():
-            return  # a traced call cannot remove hooks; the guider removes them when the call is over
-        serving_call = self._serving_call()
-        if serving_call is None:
-            return  # another caller's call ended; this handle's call is still to come
-        if serving_call.state.finished:
-            self.remove()
-            return
-        # The forward raised: torch is iterating the denoiser's forward-hook dict right now, so our two
-        # hooks there (inert without a call in flight) go at the next remove(); every other hook goes now.
-        for name in [name for name in self._handles if name not in (OUTPUT, END_OF_CALL)]:
-            self._handles.pop(name).remove()
-        serving_call.state.call = None
-
-    def _shift_cond_reference(self, state: CallState, output: Any) -> Any:
+    @staticmethod
+    def _shift_cond_reference(state: CallState, output: Any) -> Any:
         """On a cond-only reference call, add pred_seg − cond so ``host_cond − output`` is ``cond − output``.
 
         The host reads its cond prediction back from the rows SEG handed it, which are pred_seg.
@@ -514,3 +545,40 @@ class SegHooks:
         if pred.shape != pred_seg.shape:
             return None
         return _replace_first_output(output, pred + (pred_seg - pred_cond).to(pred.dtype))
+
+
+class HandOverPerturbed(OutputUnit):
+    """For a guider's one perturbed denoiser call: the cond rows go back to the host, the perturbed prediction
+    to ``take``; the handle is removed when that call ends, raised or not."""
+
+    def __init__(self, take: Callable[[torch.Tensor], None]) -> None:
+        self.take = take
+
+    def register(self, hooks: SegHooks) -> Handles:
+        def hand_over(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+            _, call = hooks.finish_call()
+            if call is None or call.host_rows == 0:  # not ours, or a perturbed call of its own: the guider has it
+                return None
+            pred_cond, pred_perturbed = split_rows(_first_output(output), 2)
+            self.take(pred_perturbed)
+            return _replace_first_output(output, pred_cond)
+
+        def end_of_call(module: nn.Module, args: tuple, output: Any) -> None:
+            if torch.compiler.is_compiling():
+                return  # a traced call cannot remove hooks; the guider removes them when the call is over
+            serving_call = hooks.serving_call()
+            if serving_call is None:
+                return  # another caller's call ended; this handle's call is still to come
+            if serving_call.state.finished:
+                hooks.remove()
+                return
+            # The forward raised: torch is iterating the denoiser's forward-hook dict right now, so our two
+            # hooks there (inert without a call in flight) go at the next remove(); every other hook goes now.
+            hooks.remove_hooks(keep=(OUTPUT, END_OF_CALL))
+            serving_call.state.call = None
+
+        denoiser = hooks.plan.denoiser
+        return {
+            OUTPUT: denoiser.register_forward_hook(hand_over, with_kwargs=True),
+            END_OF_CALL: denoiser.register_forward_hook(end_of_call, always_call=True),
+        }

@@ -74,7 +74,7 @@ def attach_seg(pipe: Any, config: SegConfig, share_prefix: bool = True, true_cfg
     """SEG's hooks on the pipeline's denoiser, inert until an entry point serves a call with them."""
     if not config.enabled:
         # s == 0 is the plain pipeline in every respect: nothing is resolved, checked or hooked.
-        return SegHooks(None, (), config, read_host=None)
+        return SegHooks(None, config, read_host=None)
     refuse_attention_guidance_pipelines(pipe)
     unet = getattr(pipe, "unet", None)
     if isinstance(unet, nn.Module) and _is_conditional_unet(getattr(unet, "_orig_mod", unet)):

@@ -27,7 +27,7 @@ from torch import nn
 from ..core.blur import INFINITE_SIGMA_THRESHOLD
 from ..core.guidance import SegConfig, rescale_noise_cfg
 from ..families import guider_family_names
-from ..hooks import HostStep, SegHooks
+from ..hooks import HandOverPerturbed, HostStep, SegHooks
 from .transformer import attach_seg_to_transformer, transformer_family
 from .unet import attach_seg_to_unet
 
@@ -265,7 +265,7 @@ def attach_seg_hooks(denoiser: nn.Module, config: SegConfig, take_perturbed: Any
     """SEG hooks on any supported denoiser for one call whose every row is a cond row to perturb."""
     model = getattr(denoiser, "_orig_mod", denoiser)
     read_host = lambda timestep, call: _GUIDER_CALL  # noqa: E731 - the guider decides steps itself
-    per_call = dict(scope=scope, take_perturbed=take_perturbed, one_call=True)
+    per_call = dict(scope=scope, output=HandOverPerturbed(take_perturbed))
     if any(cls.__name__ == "UNet2DConditionModel" for cls in type(model).__mro__):
         return attach_seg_to_unet(denoiser, config, read_host, **per_call)
     if transformer_family(model) is not None:

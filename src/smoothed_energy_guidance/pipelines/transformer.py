@@ -20,7 +20,7 @@ from ..core.context import SegCall
 from ..core.guidance import SegConfig
 from ..core.layers import BlockInventory, resolve_block_layers
 from ..families import Family, family_of_denoiser
-from ..hooks import ForkPlan, HostStep, QueryTarget, SegHooks
+from ..hooks import DenoiserPlan, ForkPlan, HostStep, OutputUnit, QueryTarget, SegHooks
 from .progress import LoopProgress
 from .queries import query_source
 
@@ -159,18 +159,6 @@ def transformer_host_reader(pipe: Any, family: Family, true_cfg_scale: float, co
     return read
 
 
-class TransformerSegHooks(SegHooks):
-    """SEG hooks plus, for Flux, the reader of diffusers' cond / uncond call context."""
-
-    context: _TrueCfgContext | None = None
-
-    def remove(self) -> None:
-        super().remove()
-        if self.context is not None:
-            self.context.remove()
-            self.context = None
-
-
 def enable_seg_transformer(
     pipe: Any, config: SegConfig, share_prefix: bool = True, true_cfg_scale: float = 1.0
 ) -> SegHooks:
@@ -201,9 +189,8 @@ def attach_seg_to_transformer(
     read_host: Callable[[Any, SegCall], HostStep],
     share_prefix: bool = True,
     scope: Any = None,
-    take_perturbed: Callable[[Any], None] | None = None,
+    output: OutputUnit | None = None,
     context: _TrueCfgContext | None = None,
-    one_call: bool = False,
 ) -> SegHooks:
     """Attach SEG's hooks to a transformer driven by any loop; ``read_host(timestep, call)`` describes each call.
 
@@ -215,21 +202,18 @@ def attach_seg_to_transformer(
     inventory = transformer_inventory(model, family)
     specs = config.layers if config.layers is not None else inventory.default_layers()
     names = resolve_block_layers(specs, inventory)
-    hooks = TransformerSegHooks(
+    plan = DenoiserPlan(
         transformer,
-        transformer_query_targets(model, names, family),
-        config,
-        read_host,
+        tuple(transformer_query_targets(model, names, family)),
         UNDO_HINT,
         transformer_fork_plan(model, names, family) if share_prefix and family.forks and family.shares_prefix else None,
         read_inputs=lambda args, kwargs: family.read_inputs(model, args, kwargs),
         unbatched=family.unbatched_inputs,
-        scope=scope,
         query_source=lambda target: query_source(target.attention, family.query_token_dim).module,
-        take_perturbed=take_perturbed,
-        one_call=one_call,
     )
-    hooks.context = context
+    hooks = SegHooks(plan, config, read_host, scope=scope, output=output)
+    if context is not None:  # Flux's reader of diffusers' cond / uncond call context goes with the handle
+        hooks.call_on_remove(context.remove)
     try:
         return hooks.attach()
     except BaseException:

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..core.context import SegCall
 from ..core.guidance import SegConfig
 from ..core.layers import AttentionInventory, resolve_layers, unet_self_attention_inventory
-from ..hooks import ForkPlan, HostStep, QueryTarget, SegHooks, append_cond_rows
+from ..hooks import DenoiserPlan, ForkPlan, HostStep, OutputUnit, QueryTarget, SegHooks, append_cond_rows
 from .progress import LoopProgress
 from .queries import query_source
 
@@ -164,29 +163,19 @@ def attach_seg_to_unet(
     read_host: Callable[[Any, SegCall], HostStep],
     share_prefix: bool = True,
     scope: Any = None,
-    take_perturbed: Callable[[torch.Tensor], None] | None = None,
-    one_call: bool = False,
+    output: OutputUnit | None = None,
 ) -> SegHooks:
     """Attach SEG's hooks to a UNet driven by any loop; ``read_host(timestep, call)`` describes each call.
 
-    ``scope``: the pipeline or guider the hooks serve; ``take_perturbed``: hand
-    the perturbed prediction to a guider instead of combining (see :class:`SegHooks`).
+    ``scope``: the pipeline or guider the hooks serve; ``output``: what the host gets back (see
+    :class:`SegHooks`; by default a pipeline's combined prediction).
     """
     model = getattr(unet, "_orig_mod", unet)  # the module inside torch.compile's wrapper
     inventory = unet_inventory(model)
     specs = config.layers if config.layers is not None else default_unet_layers(model, inventory)
     layer_names = resolve_layers(specs, inventory)
     fork = unet_fork_plan(model, layer_names) if share_prefix else None
-    hooks = SegHooks(
-        unet,
-        unet_query_targets(model, layer_names),
-        config,
-        read_host,
-        UNDO_HINT,
-        fork,
-        scope=scope,
-        query_source=current_query_module,
-        take_perturbed=take_perturbed,
-        one_call=one_call,
+    plan = DenoiserPlan(
+        unet, tuple(unet_query_targets(model, layer_names)), UNDO_HINT, fork, query_source=current_query_module
     )
-    return hooks.attach()
+    return SegHooks(plan, config, read_host, scope=scope, output=output).attach()

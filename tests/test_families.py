@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import pytest
 
@@ -15,22 +16,46 @@ def table_seg_classes() -> dict[str, str]:
     return families.seg_class_hosts()
 
 
-def test_every_seg_class_is_in_the_table_and_every_table_entry_is_a_class():
-    from smoothed_energy_guidance.pipelines import animatediff, dit, kolors, sd, sdxl
+def test_every_seg_class_is_made_from_its_table_entry():
+    import pickle
+
+    from smoothed_energy_guidance.pipelines import classes
     from smoothed_energy_guidance.pipelines.call import SegCallMixin
 
-    written = {
+    made = {
         name
-        for module in (sdxl, sd, kolors, dit, animatediff)
-        for name, value in vars(module).items()
+        for name, value in vars(classes).items()
         if isinstance(value, type)
         and issubclass(value, SegCallMixin)
-        and value.__module__ == module.__name__
+        and value is not SegCallMixin
         and value.__name__ == name  # not an alias of another class
     }
-    assert written == set(table_seg_classes())
+    assert made == set(table_seg_classes())
+    docs = {entry.seg_class: entry.doc for family in FAMILIES for _, _, entry in family.tasks()}
     for name, host in table_seg_classes().items():
-        assert host in [base.__name__ for base in getattr(seg, name).__mro__[1:]]
+        cls = getattr(seg, name)
+        assert cls.__bases__[1].__name__ == host and cls.__doc__ == docs[name] and docs[name]
+        assert pickle.loads(pickle.dumps(cls)) is cls
+        assert "seg_scale" in str(inspect.signature(cls.__call__))
+
+
+def test_a_new_table_entry_is_a_new_seg_class(monkeypatch):
+    """Adding a pipeline to a family's record is all it takes to get its SEG class."""
+    from smoothed_energy_guidance.pipelines import classes
+
+    sd = next(family for family in FAMILIES if family.name.startswith("Stable Diffusion 1"))
+    extra = Task(diffusers_class="StableDiffusionPAGPipeline", seg_class="NewSEGPipeline", doc="A new one.")
+    grown = dataclasses.replace(
+        sd,
+        pipelines={**sd.pipelines, "sd-new": {"text2img": extra}},
+        pipeline_prefixes={**sd.pipeline_prefixes, "sd-new": ("StableDiffusionPAG",)},
+    )
+    monkeypatch.setattr(classes, "FAMILIES", (grown,))
+    made = classes._make_seg_classes()
+    assert made["NewSEGPipeline"].__bases__[1].__name__ == "StableDiffusionPAGPipeline"
+    assert made["NewSEGPipeline"].__doc__ == "A new one." and "seg_scale" in str(
+        inspect.signature(made["NewSEGPipeline"].__call__)
+    )
 
 
 def test_public_exports_are_the_core_names_and_the_tables_seg_classes():

@@ -48,6 +48,7 @@ class Task:
     diffusers_class: str
     seg_class: str
     cli: bool = True  # ``seg generate --task`` offers it (else: the Python class only)
+    doc: str = ""  # the SEG class's docstring
 
 
 def _frozen(mapping: Mapping) -> Mapping:

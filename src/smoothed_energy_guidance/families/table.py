@@ -20,19 +20,43 @@ FLUX_STACKS = (
 FLUX_IDS = frozenset({"img_ids", "txt_ids", "image_rotary_emb"})
 
 
-def task(diffusers_class: str, seg_class: str, cli: bool = True) -> Task:
-    return Task(diffusers_class=diffusers_class, seg_class=seg_class, cli=cli)
+def task(diffusers_class: str, seg_class: str, cli: bool = True, *, doc: str) -> Task:
+    return Task(diffusers_class=diffusers_class, seg_class=seg_class, cli=cli, doc=doc)
 
 
-def unet_tasks(prefix: str, seg: str) -> dict[str, Task]:
+def unet_tasks(prefix: str, seg: str, label: str) -> dict[str, Task]:
     """The SD / SDXL pipeline set: text2img, img2img, inpaint and ControlNet (the last two only as classes)."""
+    residuals = "the perturbed rows receive the cond rows' ControlNet residuals"
     return {
-        "text2img": task(f"{prefix}Pipeline", f"{seg}SEGPipeline"),
-        "img2img": task(f"{prefix}Img2ImgPipeline", f"{seg}SEGImg2ImgPipeline"),
-        "inpaint": task(f"{prefix}InpaintPipeline", f"{seg}SEGInpaintPipeline"),
-        "controlnet": task(f"{prefix}ControlNetPipeline", f"{seg}ControlNetSEGPipeline"),
-        "controlnet-img2img": task(f"{prefix}ControlNetImg2ImgPipeline", f"{seg}ControlNetSEGImg2ImgPipeline", False),
-        "controlnet-inpaint": task(f"{prefix}ControlNetInpaintPipeline", f"{seg}ControlNetSEGInpaintPipeline", False),
+        "text2img": task(f"{prefix}Pipeline", f"{seg}SEGPipeline", doc=f"{label} text-to-image with SEG."),
+        "img2img": task(
+            f"{prefix}Img2ImgPipeline", f"{seg}SEGImg2ImgPipeline", doc=f"{label} image-to-image with SEG."
+        ),
+        "inpaint": task(
+            f"{prefix}InpaintPipeline",
+            f"{seg}SEGInpaintPipeline",
+            doc=f"{label} inpainting with SEG (4- and 9-channel UNets).",
+        ),
+        "controlnet": task(
+            f"{prefix}ControlNetPipeline",
+            f"{seg}ControlNetSEGPipeline",
+            doc=(
+                f"{label} ControlNet with SEG: one ControlNet, ``MultiControlNetModel`` and "
+                f"``guess_mode``; {residuals}."
+            ),
+        ),
+        "controlnet-img2img": task(
+            f"{prefix}ControlNetImg2ImgPipeline",
+            f"{seg}ControlNetSEGImg2ImgPipeline",
+            False,
+            doc=f"{label} ControlNet image-to-image with SEG; {residuals}.",
+        ),
+        "controlnet-inpaint": task(
+            f"{prefix}ControlNetInpaintPipeline",
+            f"{seg}ControlNetSEGInpaintPipeline",
+            False,
+            doc=f"{label} ControlNet inpainting with SEG (4- and 9-channel UNets); {residuals}.",
+        ),
     }
 
 
@@ -40,14 +64,14 @@ SD = Family(
     name="Stable Diffusion 1.x/2.x",
     denoiser_classes=("UNet2DConditionModel",),
     architecture="unet",
-    pipelines={"sd": unet_tasks("StableDiffusion", "StableDiffusion")},
+    pipelines={"sd": unet_tasks("StableDiffusion", "StableDiffusion", "SD 1.x / 2.x")},
     pipeline_prefixes={"sd": ("StableDiffusion",)},
 )
 SDXL = Family(
     name="Stable Diffusion XL",
     denoiser_classes=("UNet2DConditionModel",),
     architecture="unet",
-    pipelines={"sdxl": unet_tasks("StableDiffusionXL", "StableDiffusionXL")},
+    pipelines={"sdxl": unet_tasks("StableDiffusionXL", "StableDiffusionXL", "SDXL")},
     pipeline_prefixes={"sdxl": ("StableDiffusionXL",)},
 )
 KOLORS = Family(
@@ -56,8 +80,8 @@ KOLORS = Family(
     architecture="unet",
     pipelines={
         "kolors": {
-            "text2img": task("KolorsPipeline", "KolorsSEGPipeline"),
-            "img2img": task("KolorsImg2ImgPipeline", "KolorsSEGImg2ImgPipeline"),
+            "text2img": task("KolorsPipeline", "KolorsSEGPipeline", doc="Kolors text-to-image with SEG."),
+            "img2img": task("KolorsImg2ImgPipeline", "KolorsSEGImg2ImgPipeline", doc="Kolors image-to-image with SEG."),
         }
     },
     pipeline_prefixes={"kolors": ("Kolors",)},
@@ -70,9 +94,22 @@ SD3 = Family(
     read_inputs=inputs.sd3_inputs,
     pipelines={
         "sd3": {
-            "text2img": task("StableDiffusion3Pipeline", "StableDiffusion3SEGPipeline"),
-            "img2img": task("StableDiffusion3Img2ImgPipeline", "StableDiffusion3SEGImg2ImgPipeline"),
-            "controlnet": task("StableDiffusion3ControlNetPipeline", "StableDiffusion3ControlNetSEGPipeline", False),
+            "text2img": task(
+                "StableDiffusion3Pipeline",
+                "StableDiffusion3SEGPipeline",
+                doc="SD3 / SD3.5 text-to-image with SEG on image-token queries.",
+            ),
+            "img2img": task(
+                "StableDiffusion3Img2ImgPipeline",
+                "StableDiffusion3SEGImg2ImgPipeline",
+                doc="SD3 / SD3.5 image-to-image with SEG.",
+            ),
+            "controlnet": task(
+                "StableDiffusion3ControlNetPipeline",
+                "StableDiffusion3ControlNetSEGPipeline",
+                False,
+                doc="SD3 / SD3.5 ControlNet with SEG; the perturbed rows receive the cond rows' residuals.",
+            ),
         }
     },
     pipeline_prefixes={"sd3": ("StableDiffusion3",)},
@@ -88,14 +125,36 @@ FLUX = Family(
     cfg=Cfg.SEPARATE_CALL,
     pipelines={
         "flux": {
-            "text2img": task("FluxPipeline", "FluxSEGPipeline"),
-            "img2img": task("FluxImg2ImgPipeline", "FluxSEGImg2ImgPipeline"),
+            "text2img": task(
+                "FluxPipeline",
+                "FluxSEGPipeline",
+                doc="Flux.1 text-to-image with SEG (double- and single-stream blocks).",
+            ),
+            "img2img": task("FluxImg2ImgPipeline", "FluxSEGImg2ImgPipeline", doc="Flux.1 image-to-image with SEG."),
         },
-        "flux-fill": {"inpaint": task("FluxFillPipeline", "FluxFillSEGPipeline")},
+        "flux-fill": {
+            "inpaint": task(
+                "FluxFillPipeline", "FluxFillSEGPipeline", doc="Flux.1 Fill (inpainting / outpainting) with SEG."
+            )
+        },
         # Kontext edits the --init-image (its reference image) or draws from the prompt alone
         "flux-kontext": {
-            "text2img": task("FluxKontextPipeline", "FluxKontextSEGPipeline"),
-            "img2img": task("FluxKontextPipeline", "FluxKontextSEGPipeline"),
+            "text2img": task(
+                "FluxKontextPipeline",
+                "FluxKontextSEGPipeline",
+                doc=(
+                    "Flux.1 Kontext with SEG: only the generated image's queries are blurred, over its "
+                    "own grid; the reference image's and the text's tokens stay as they are."
+                ),
+            ),
+            "img2img": task(
+                "FluxKontextPipeline",
+                "FluxKontextSEGPipeline",
+                doc=(
+                    "Flux.1 Kontext with SEG: only the generated image's queries are blurred, over its "
+                    "own grid; the reference image's and the text's tokens stay as they are."
+                ),
+            ),
         },
     },
     pipeline_prefixes={"flux": ("Flux",), "flux-fill": ("FluxFill",), "flux-kontext": ("FluxKontext",)},
@@ -112,8 +171,12 @@ CHROMA = Family(
     cfg_needs_negative=False,
     pipelines={
         "chroma": {
-            "text2img": task("ChromaPipeline", "ChromaSEGPipeline"),
-            "img2img": task("ChromaImg2ImgPipeline", "ChromaSEGImg2ImgPipeline"),
+            "text2img": task(
+                "ChromaPipeline",
+                "ChromaSEGPipeline",
+                doc="Chroma text-to-image with SEG; CFG (``guidance_scale`` > 1) is a separate uncond call.",
+            ),
+            "img2img": task("ChromaImg2ImgPipeline", "ChromaSEGImg2ImgPipeline", doc="Chroma image-to-image with SEG."),
         }
     },
     pipeline_prefixes={"chroma": ("Chroma",)},
@@ -129,10 +192,22 @@ QWEN_IMAGE = Family(
     cfg=Cfg.SEPARATE_CALL,
     pipelines={
         "qwen-image": {
-            "text2img": task("QwenImagePipeline", "QwenImageSEGPipeline"),
-            "img2img": task("QwenImageImg2ImgPipeline", "QwenImageSEGImg2ImgPipeline"),
+            "text2img": task(
+                "QwenImagePipeline",
+                "QwenImageSEGPipeline",
+                doc="Qwen-Image text-to-image with SEG (``true_cfg_scale`` with a negative prompt).",
+            ),
+            "img2img": task(
+                "QwenImageImg2ImgPipeline", "QwenImageSEGImg2ImgPipeline", doc="Qwen-Image image-to-image with SEG."
+            ),
         },
-        "qwen-image-edit": {"img2img": task("QwenImageEditPipeline", "QwenImageEditSEGPipeline")},
+        "qwen-image-edit": {
+            "img2img": task(
+                "QwenImageEditPipeline",
+                "QwenImageEditSEGPipeline",
+                doc="Qwen-Image edit with SEG; the reference image's tokens stay unblurred.",
+            )
+        },
     },
     pipeline_prefixes={"qwen-image": ("QwenImage",), "qwen-image-edit": ("QwenImageEdit",)},
 )
@@ -145,8 +220,8 @@ PIXART = Family(
     # its timestep modulation after the blocks uses pre-block tensors with the host's rows only
     perturbed_rows=AT_INPUT,
     pipelines={
-        "pixart-alpha": {"text2img": task("PixArtAlphaPipeline", "PixArtAlphaSEGPipeline")},
-        "pixart-sigma": {"text2img": task("PixArtSigmaPipeline", "PixArtSigmaSEGPipeline")},
+        "pixart-alpha": {"text2img": task("PixArtAlphaPipeline", "PixArtAlphaSEGPipeline", doc="PixArt-α with SEG.")},
+        "pixart-sigma": {"text2img": task("PixArtSigmaPipeline", "PixArtSigmaSEGPipeline", doc="PixArt-Σ with SEG.")},
     },
     pipeline_prefixes={"pixart-alpha": ("PixArtAlpha",), "pixart-sigma": ("PixArtSigma",)},
 )
@@ -158,7 +233,9 @@ HUNYUAN_DIT = Family(
     query_token_dim=2,
     read_inputs=inputs.latent_inputs(),
     unbatched_inputs=frozenset({"image_rotary_emb"}),
-    pipelines={"hunyuandit": {"text2img": task("HunyuanDiTPipeline", "HunyuanDiTSEGPipeline")}},
+    pipelines={
+        "hunyuandit": {"text2img": task("HunyuanDiTPipeline", "HunyuanDiTSEGPipeline", doc="HunyuanDiT with SEG.")}
+    },
     pipeline_prefixes={"hunyuandit": ("HunyuanDiT",)},
 )
 SANA = Family(
@@ -168,7 +245,15 @@ SANA = Family(
     attention_names=("attn1",),  # linear attention: queries blurred before the kernel feature map
     read_inputs=inputs.latent_inputs(),
     perturbed_rows=AT_INPUT,  # its unpatchify reads the input batch size
-    pipelines={"sana": {"text2img": task("SanaPipeline", "SanaSEGPipeline")}},
+    pipelines={
+        "sana": {
+            "text2img": task(
+                "SanaPipeline",
+                "SanaSEGPipeline",
+                doc="Sana with SEG: the Gaussian blurs the queries before the linear attention's ReLU feature map.",
+            )
+        }
+    },
     pipeline_prefixes={"sana": ("Sana",)},
     unsupported_pipeline_prefixes=("SanaSprint",),
 )
@@ -184,9 +269,25 @@ WAN = Family(
     cfg_argument="guidance_scale",
     cfg_needs_negative=False,
     pipelines={
-        "wan": {"text2img": task("WanPipeline", "WanSEGPipeline")},
+        "wan": {
+            "text2img": task(
+                "WanPipeline",
+                "WanSEGPipeline",
+                doc=(
+                    "Wan 2.x text-to-video with SEG over the (t, h, w) token grid (``seg_temporal_sigma``"
+                    " along time). SEG runs on ``transformer``; Wan 2.2's low-noise ``transformer_2`` "
+                    "stage runs without it."
+                ),
+            )
+        },
         # image-to-video: --init-image is the first frame
-        "wan-i2v": {"img2img": task("WanImageToVideoPipeline", "WanSEGImageToVideoPipeline")},
+        "wan-i2v": {
+            "img2img": task(
+                "WanImageToVideoPipeline",
+                "WanSEGImageToVideoPipeline",
+                doc="Wan 2.x image-to-video with SEG over the (t, h, w) token grid.",
+            )
+        },
     },
     pipeline_prefixes={"wan": ("WanPipeline",), "wan-i2v": ("WanImageToVideo",)},
 )
@@ -201,8 +302,25 @@ COGVIDEOX = Family(
     unbatched_inputs=frozenset({"image_rotary_emb"}),
     perturbed_rows=AT_INPUT,  # its unpatchify reshapes by the input batch size
     pipelines={
-        "cogvideox": {"text2img": task("CogVideoXPipeline", "CogVideoXSEGPipeline")},
-        "cogvideox-i2v": {"img2img": task("CogVideoXImageToVideoPipeline", "CogVideoXSEGImageToVideoPipeline")},
+        "cogvideox": {
+            "text2img": task(
+                "CogVideoXPipeline",
+                "CogVideoXSEGPipeline",
+                doc=(
+                    "CogVideoX text-to-video with SEG over the (t, h, w) token grid; text tokens stay "
+                    "unblurred. ``use_dynamic_cfg`` is refused while SEG is on: the pipeline sets each "
+                    "step's CFG scale only after the denoiser call, so SEG could not combine with it "
+                    "exactly."
+                ),
+            )
+        },
+        "cogvideox-i2v": {
+            "img2img": task(
+                "CogVideoXImageToVideoPipeline",
+                "CogVideoXSEGImageToVideoPipeline",
+                doc="CogVideoX image-to-video with SEG (``use_dynamic_cfg`` refused while SEG is on).",
+            )
+        },
     },
     pipeline_prefixes={"cogvideox": ("CogVideoXPipeline",), "cogvideox-i2v": ("CogVideoXImageToVideo",)},
 )
@@ -217,8 +335,14 @@ LTX_VIDEO = Family(
     perturbed_rows=AT_INPUT,  # its output modulation uses the pre-block timestep embedding
     pipelines={
         "ltx-video": {
-            "text2img": task("LTXPipeline", "LTXSEGPipeline"),
-            "img2img": task("LTXImageToVideoPipeline", "LTXSEGImageToVideoPipeline"),
+            "text2img": task(
+                "LTXPipeline", "LTXSEGPipeline", doc="LTX-Video text-to-video with SEG over the (t, h, w) token grid."
+            ),
+            "img2img": task(
+                "LTXImageToVideoPipeline",
+                "LTXSEGImageToVideoPipeline",
+                doc="LTX-Video image-to-video with SEG over the (t, h, w) token grid.",
+            ),
         }
     },
     pipeline_prefixes={"ltx-video": ("LTXImageToVideo", "LTXPipeline")},
@@ -235,7 +359,18 @@ HUNYUAN_VIDEO = Family(
     read_inputs=inputs.latent_inputs(frame_axis=2),
     perturbed_rows=AT_INPUT,  # its unpatchify reshapes by the input batch size
     cfg=Cfg.SEPARATE_CALL,
-    pipelines={"hunyuanvideo": {"text2img": task("HunyuanVideoPipeline", "HunyuanVideoSEGPipeline")}},
+    pipelines={
+        "hunyuanvideo": {
+            "text2img": task(
+                "HunyuanVideoPipeline",
+                "HunyuanVideoSEGPipeline",
+                doc=(
+                    "HunyuanVideo text-to-video with SEG over the (t, h, w) token grid (true CFG with a "
+                    "negative prompt)."
+                ),
+            )
+        }
+    },
     pipeline_prefixes={"hunyuanvideo": ("HunyuanVideoPipeline",)},
 )
 MOCHI = Family(
@@ -246,7 +381,13 @@ MOCHI = Family(
     attention_names=("attn1",),
     read_inputs=inputs.latent_inputs(frame_axis=2),
     perturbed_rows=AT_INPUT,  # its unpatchify reshapes by the input batch size
-    pipelines={"mochi": {"text2img": task("MochiPipeline", "MochiSEGPipeline")}},
+    pipelines={
+        "mochi": {
+            "text2img": task(
+                "MochiPipeline", "MochiSEGPipeline", doc="Mochi text-to-video with SEG over the (t, h, w) token grid."
+            )
+        }
+    },
     pipeline_prefixes={"mochi": ("MochiPipeline",)},
 )
 ANIMATEDIFF = Family(
@@ -256,8 +397,15 @@ ANIMATEDIFF = Family(
     architecture="unet",
     pipelines={
         "animatediff": {
-            "text2img": task("AnimateDiffPipeline", "AnimateDiffSEGPipeline"),
-            "video2video": task("AnimateDiffVideoToVideoPipeline", "AnimateDiffSEGVideoToVideoPipeline", False),
+            "text2img": task(
+                "AnimateDiffPipeline", "AnimateDiffSEGPipeline", doc="AnimateDiff text-to-video with SEG."
+            ),
+            "video2video": task(
+                "AnimateDiffVideoToVideoPipeline",
+                "AnimateDiffSEGVideoToVideoPipeline",
+                False,
+                doc="AnimateDiff video-to-video with SEG.",
+            ),
         }
     },
     pipeline_prefixes={"animatediff": ("AnimateDiffPipeline",)},

@@ -1,35 +1,8 @@
 """Pipelines: the only layer that imports diffusers. Everything here is public API."""
 
-from .animatediff import AnimateDiffSEGPipeline, AnimateDiffSEGVideoToVideoPipeline
-from .dit import (
-    ChromaSEGImg2ImgPipeline,
-    ChromaSEGPipeline,
-    CogVideoXSEGImageToVideoPipeline,
-    CogVideoXSEGPipeline,
-    FluxFillSEGPipeline,
-    FluxKontextSEGPipeline,
-    FluxSEGImg2ImgPipeline,
-    FluxSEGPipeline,
-    HunyuanDiTSEGPipeline,
-    HunyuanVideoSEGPipeline,
-    LTXSEGImageToVideoPipeline,
-    LTXSEGPipeline,
-    MochiSEGPipeline,
-    PixArtAlphaSEGPipeline,
-    PixArtSigmaSEGPipeline,
-    QwenImageEditSEGPipeline,
-    QwenImageSEGImg2ImgPipeline,
-    QwenImageSEGPipeline,
-    SanaSEGPipeline,
-    StableDiffusion3ControlNetSEGPipeline,
-    StableDiffusion3SEGImg2ImgPipeline,
-    StableDiffusion3SEGPipeline,
-    WanSEGImageToVideoPipeline,
-    WanSEGPipeline,
-)
+from .classes import SEG_CLASSES_BY_NAME, StableDiffusionXLSEGControlNetPipeline
 from .enable import SUPPORTED_FAMILIES, enable_seg
 from .guider import SmoothedEnergyGuidance, guider_families
-from .kolors import KolorsSEGImg2ImgPipeline, KolorsSEGPipeline
 from .loading import (
     BUNDLED_MODELS,
     DEFAULT_MODEL,
@@ -53,63 +26,14 @@ from .loading import (
     set_scheduler,
 )
 from .registry import from_pipe
-from .sd import (
-    StableDiffusionControlNetSEGImg2ImgPipeline,
-    StableDiffusionControlNetSEGInpaintPipeline,
-    StableDiffusionControlNetSEGPipeline,
-    StableDiffusionSEGImg2ImgPipeline,
-    StableDiffusionSEGInpaintPipeline,
-    StableDiffusionSEGPipeline,
-)
-from .sdxl import (
-    StableDiffusionXLControlNetSEGImg2ImgPipeline,
-    StableDiffusionXLControlNetSEGInpaintPipeline,
-    StableDiffusionXLControlNetSEGPipeline,
-    StableDiffusionXLSEGControlNetPipeline,
-    StableDiffusionXLSEGImg2ImgPipeline,
-    StableDiffusionXLSEGInpaintPipeline,
-    StableDiffusionXLSEGPipeline,
-)
+
+globals().update(SEG_CLASSES_BY_NAME)
 
 __all__ = [
-    "AnimateDiffSEGPipeline",
-    "AnimateDiffSEGVideoToVideoPipeline",
-    "MochiSEGPipeline",
-    "HunyuanVideoSEGPipeline",
-    "LTXSEGPipeline",
-    "LTXSEGImageToVideoPipeline",
-    "CogVideoXSEGPipeline",
-    "CogVideoXSEGImageToVideoPipeline",
-    "WanSEGPipeline",
-    "WanSEGImageToVideoPipeline",
-    "StableDiffusion3ControlNetSEGPipeline",
-    "FluxFillSEGPipeline",
-    "FluxKontextSEGPipeline",
-    "ChromaSEGPipeline",
-    "ChromaSEGImg2ImgPipeline",
-    "QwenImageSEGPipeline",
-    "QwenImageSEGImg2ImgPipeline",
-    "QwenImageEditSEGPipeline",
-    "PixArtAlphaSEGPipeline",
-    "PixArtSigmaSEGPipeline",
-    "HunyuanDiTSEGPipeline",
-    "SanaSEGPipeline",
-    "StableDiffusionControlNetSEGImg2ImgPipeline",
-    "StableDiffusionControlNetSEGInpaintPipeline",
-    "StableDiffusionXLControlNetSEGImg2ImgPipeline",
-    "StableDiffusionXLControlNetSEGInpaintPipeline",
-    "KolorsSEGPipeline",
-    "KolorsSEGImg2ImgPipeline",
+    *SEG_CLASSES_BY_NAME,
+    "StableDiffusionXLSEGControlNetPipeline",
     "SUPPORTED_FAMILIES",
     "SmoothedEnergyGuidance",
-    "FluxSEGImg2ImgPipeline",
-    "FluxSEGPipeline",
-    "StableDiffusion3SEGImg2ImgPipeline",
-    "StableDiffusion3SEGPipeline",
-    "StableDiffusionControlNetSEGPipeline",
-    "StableDiffusionSEGImg2ImgPipeline",
-    "StableDiffusionSEGInpaintPipeline",
-    "StableDiffusionSEGPipeline",
     "from_pipe",
     "guider_families",
     "DEFAULT_MODEL",
@@ -123,11 +47,6 @@ __all__ = [
     "TOY_MODEL_DIR",
     "BUNDLED_MODELS",
     "ModelLoadError",
-    "StableDiffusionXLControlNetSEGPipeline",
-    "StableDiffusionXLSEGControlNetPipeline",
-    "StableDiffusionXLSEGImg2ImgPipeline",
-    "StableDiffusionXLSEGInpaintPipeline",
-    "StableDiffusionXLSEGPipeline",
     "apply_loras",
     "enable_seg",
     "load_base_pipeline",

@@ -4,37 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..families import seg_class_hosts
-from . import animatediff, dit, kolors, sd, sdxl
-from .call import SegCallMixin
+from .classes import SEG_CLASSES_BY_NAME
 from .enable import SUPPORTED_FAMILIES
 
-
-def _seg_classes() -> dict[type, type]:
-    """Every SEG class the family table lists, keyed by the diffusers class it extends.
-
-    The classes themselves are written in the pipeline modules (each with its own docstring); a table entry
-    without its class, or a class extending another diffusers class than the table says, stops the import.
-    """
-    defined = {
-        name: value
-        for module in (sdxl, sd, kolors, dit, animatediff)
-        for name, value in vars(module).items()
-        if isinstance(value, type) and issubclass(value, SegCallMixin) and value.__module__ == module.__name__
-    }
-    classes = {}
-    for seg_name, host_name in seg_class_hosts().items():
-        seg_class = defined.get(seg_name)
-        if seg_class is None:
-            raise ImportError(f"The family table lists {seg_name}, but no pipelines module defines it.")
-        host = next(base for base in seg_class.__bases__ if base is not SegCallMixin)
-        if host.__name__ != host_name:
-            raise ImportError(f"{seg_name} extends {host.__name__}; the family table says {host_name}.")
-        classes[host] = seg_class
-    return classes
-
-
-SEG_CLASSES: dict[type, type] = _seg_classes()
+# diffusers pipeline class → the SEG class made from it (the first the table lists, for a class two tasks share)
+SEG_CLASSES: dict[type, type] = {}
+for _seg_class in SEG_CLASSES_BY_NAME.values():
+    SEG_CLASSES.setdefault(_seg_class.__bases__[1], _seg_class)
 
 
 def seg_pipeline_class(pipe: Any) -> type:

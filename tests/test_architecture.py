@@ -158,3 +158,17 @@ def test_no_test_fixture_inside_a_public_package():
     """Tiny random models live in ``smoothed_energy_guidance.testing``, named for what they are."""
     fixtures = [p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if p.stem in ("tiny", "fixtures")]
     assert not fixtures
+
+
+def test_the_comfyui_node_path_never_imports_diffusers():
+    """The ComfyUI nodes run on the core alone: ComfyUI users need only torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import smoothed_energy_guidance.comfyui.patch, smoothed_energy_guidance.comfyui.models\n"
+        "heavy = sorted(name for name in ('diffusers', 'transformers', 'accelerate') if name in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

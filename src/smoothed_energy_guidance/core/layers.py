@@ -107,6 +107,16 @@ def _resolve_one(spec: object, inventory: AttentionInventory) -> list[str]:
     )
 
 
+def parse_layer_text(text: str) -> tuple[str, ...]:
+    """Layer specs typed as one string: ``"mid"``, ``"mid+up"``, ``"d4-d9 + u0"``, ``"double.9, single.0"``
+    (``+``, commas or spaces between specs). Empty text gives no specs (the family's default).
+
+    >>> parse_layer_text("d4-d9 + u0, mid")
+    ('d4-d9', 'u0', 'mid')
+    """
+    return tuple(part for part in text.replace("+", " ").replace(",", " ").split() if part)
+
+
 def resolve_layers(specs: str | Sequence[str], inventory: AttentionInventory) -> tuple[str, ...]:
     """Turn user layer specs into module names, in model order, without duplicates.
 

@@ -1,0 +1,137 @@
+"""Which queries SEG blurs in each ComfyUI model family, and over which token grid. torch and the core only.
+
+ComfyUI builds its own model classes (``comfy.ldm``); this module reads them by their module names, the way
+:mod:`...families` reads diffusers' classes, and gives the same layers the same spec names as the diffusers
+side (``"mid"``, ``"d4"``, ``"u30"`` for UNets; ``"double.9"``, ``"single.18"`` for Flux and Chroma), so one
+model gets the same SEG in both hosts. For DiTs the queries are taken where the diffusers side takes them:
+after the query norm, before RoPE.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..core.layers import AttentionInventory, BlockInventory, resolve_block_layers, resolve_layers
+from ..core.tokens import TokenLayout
+
+# ComfyUI's UNet parts, as the diffusers side names them
+UNET_PARTS = {"input_blocks": "down", "middle_block": "mid", "output_blocks": "up"}
+
+
+@dataclass(frozen=True)
+class QueryLayer:
+    """One selected self-attention: the module whose output holds its queries, and how they are laid out."""
+
+    name: str
+    module: nn.Module
+    tokens: TokenLayout = TokenLayout.IMAGE_ONLY
+    token_dim: int = 1  # 1: (B, N, C); 2: per head (B, heads, N, head_dim)
+
+
+@dataclass(frozen=True)
+class ComfyFamily:
+    """A ComfyUI model family SEG serves: how to find its layers and its image-token grid."""
+
+    name: str
+    diffusion_model_classes: tuple[str, ...]  # class names of ``model.diffusion_model``
+    layers: Callable[[nn.Module, Sequence[str] | None], tuple[QueryLayer, ...]]
+    patch_size: Callable[[nn.Module], int]  # latent pixels per image token along each side (1: a UNet)
+    # the layer's token grid from the latent (h, w) and the layer's token count (UNet levels are downsampled)
+    text_first: bool = False  # some layers' queries open with the text tokens (Flux's single blocks)
+
+
+def unet_inventory(model: nn.Module) -> AttentionInventory:
+    """The UNet's self-attentions (``*.attn1``) grouped as down / mid / up, in module order."""
+    parts: dict[str, list[str]] = {"down": [], "mid": [], "up": []}
+    for name, _ in model.named_modules():
+        part = UNET_PARTS.get(name.split(".", 1)[0])
+        if part is not None and name.endswith(".attn1") and ".time_stack." not in name:
+            parts[part].append(name)
+    return AttentionInventory({part: tuple(names) for part, names in parts.items()})
+
+
+def unet_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLayer, ...]:
+    """Default ``["mid"]``, or every attention of the deepest level when the mid block has none."""
+    inventory = unet_inventory(model)
+    if not inventory.names:
+        raise ValueError("This UNet has no self-attention layers, so SEG has nothing to blur.")
+    if specs is None:
+        specs = ["mid"] if inventory.parts["mid"] else [_deepest_level(model, inventory)]
+    modules = dict(model.named_modules())
+    return tuple(QueryLayer(name, modules[f"{name}.to_q"]) for name in resolve_layers(specs, inventory))
+
+
+def _deepest_level(model: nn.Module, inventory: AttentionInventory) -> str:
+    """The last input block holding self-attention (the lowest resolution with attention)."""
+    return ".".join(inventory.parts["down"][-1].split(".")[:2]) if inventory.parts["down"] else "up"
+
+
+def flux_inventory(model: nn.Module) -> BlockInventory:
+    """Flux / Chroma: double-stream blocks then single-stream blocks, each block one SEG layer."""
+    return BlockInventory(
+        {
+            "double": tuple((f"double_blocks.{i}", (f"double_blocks.{i}",)) for i in range(len(model.double_blocks))),
+            "single": tuple((f"single_blocks.{i}", (f"single_blocks.{i}",)) for i in range(len(model.single_blocks))),
+        }
+    )
+
+
+def flux_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLayer, ...]:
+    """Double blocks: the image stream's query norm (image tokens first, then any reference images); single
+    blocks: the joint query norm (text tokens first). Default: the middle block of both stacks together."""
+    inventory = flux_inventory(model)
+    names = resolve_block_layers(specs if specs is not None else inventory.default_layers(), inventory)
+    modules = dict(model.named_modules())
+    layers = []
+    for name in names:
+        if name.startswith("double_blocks."):
+            layers.append(QueryLayer(name, modules[f"{name}.img_attn.norm.query_norm"], TokenLayout.IMAGE_FIRST, 2))
+        else:
+            layers.append(QueryLayer(name, modules[f"{name}.norm.query_norm"], TokenLayout.TEXT_FIRST, 2))
+    return tuple(layers)
+
+
+FAMILIES = (
+    ComfyFamily(
+        name="Stable Diffusion 1.x/2.x/XL (UNet)",
+        diffusion_model_classes=("UNetModel",),
+        layers=unet_layers,
+        patch_size=lambda model: 1,
+    ),
+    ComfyFamily(
+        name="Flux.1 / Chroma",
+        diffusion_model_classes=("Flux", "Chroma"),
+        layers=flux_layers,
+        patch_size=lambda model: int(model.patch_size),
+        text_first=True,
+    ),
+)
+
+
+def comfy_family(diffusion_model: nn.Module, model_name: str) -> ComfyFamily:
+    """The family of a ComfyUI diffusion model, or a clear error naming the model SEG does not serve here."""
+    names = {cls.__name__ for cls in type(diffusion_model).__mro__}
+    for family in FAMILIES:
+        if names & set(family.diffusion_model_classes):
+            return family
+    served = ", ".join(family.name for family in FAMILIES)
+    raise ValueError(
+        f"SEG's ComfyUI node does not serve {model_name} ({type(diffusion_model).__name__}) yet; it serves {served}."
+    )
+
+
+def image_grid(latent_hw: tuple[int, ...], tokens: int, patch_size: int, layer: str) -> tuple[int, ...]:
+    """The layer's image-token grid: the latent patchified, then halved (rounding up) until it holds ``tokens``
+    tokens or fewer (UNet levels); DiT layers see the patchified grid itself."""
+    grid = tuple(math.ceil(side / patch_size) for side in latent_hw)
+    if patch_size > 1:
+        return grid
+    while math.prod(grid) > tokens:
+        grid = tuple(math.ceil(side / 2) for side in grid)
+    if math.prod(grid) != tokens:
+        raise ValueError(f"SEG layer {layer} has {tokens} query tokens, which no level of the {latent_hw} latent has.")
+    return grid

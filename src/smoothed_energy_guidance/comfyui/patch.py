@@ -1,0 +1,128 @@
+"""SEG as a ComfyUI model patch: a post-CFG function that adds ``scale·(cond − perturbed)`` to ComfyUI's result.
+
+The perturbed prediction is a cond-only pass of the same model (ComfyUI's own ``calc_cond_batch``, so area
+conds, ControlNets and other patches apply as for the cond pass) during which forward hooks blur the queries
+of the selected self-attentions with the core's blur. The hooks exist only for that pass (removed in
+``finally``), so no other call of the shared model ever sees them. ComfyUI works on denoised (x0)
+predictions; SEG's combination has weights that sum to 1, so it is the same there as in ε space.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.guidance import SegConfig
+from ..core.tokens import TokenLayout, blur_image_queries
+from .models import ComfyFamily, QueryLayer, comfy_family, image_grid
+
+
+@dataclass
+class _PassState:
+    """What the hooks need to know about the perturbed pass in flight."""
+
+    latent_hw: tuple[int, ...]
+    text_tokens: int | None = None
+    reached: set[str] | None = None
+
+
+def _blur_hook(layer: QueryLayer, family: ComfyFamily, config: SegConfig, state: _PassState, patch: int):
+    def blur(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        tokens = output.shape[-2] if layer.token_dim == 2 else output.shape[1]
+        image_tokens = tokens
+        if layer.tokens is TokenLayout.TEXT_FIRST:
+            image_tokens = tokens - (state.text_tokens or 0)
+        grid = image_grid(state.latent_hw, image_tokens, patch, layer.name)
+        state.reached.add(layer.name)
+        return blur_image_queries(
+            output,
+            grid,
+            config.blur_sigma,
+            config.temporal_sigma,
+            layout=layer.tokens,
+            token_dim=layer.token_dim,
+            text_tokens=state.text_tokens if layer.tokens is TokenLayout.TEXT_FIRST else None,
+            layer=layer.name,
+        )
+
+    return blur
+
+
+def _record_text_tokens(state: _PassState):
+    """Pre-hook on the diffusion model: how many text tokens open the joint sequence (ComfyUI's ``context``)."""
+
+    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        context = kwargs.get("context", args[2] if len(args) > 2 else None)
+        state.text_tokens = None if context is None else int(context.shape[1])
+
+    return record
+
+
+class SegPatch:
+    """The post-CFG function the node installs: SEG on the steps inside its sigma window.
+
+    ``layers``: layer specs in the project's grammar (None: the family's default); ``sigma_start`` /
+    ``sigma_end``: SEG runs while ``sigma_end <= sigma <= sigma_start`` (ComfyUI's window convention).
+    """
+
+    def __init__(
+        self,
+        config: SegConfig,
+        layers: Sequence[str] | None,
+        sigma_start: float = float("inf"),
+        sigma_end: float = 0.0,
+    ) -> None:
+        self.config = config
+        self.layers = None if layers is None else tuple(layers)
+        self.sigma_start = sigma_start
+        self.sigma_end = sigma_end
+
+    def resolve(self, diffusion_model: nn.Module, model_name: str) -> tuple[ComfyFamily, tuple[QueryLayer, ...]]:
+        """The model's family and the layers SEG blurs (raises on an unknown family or layer spec)."""
+        family = comfy_family(diffusion_model, model_name)
+        return family, family.layers(diffusion_model, self.layers)
+
+    def active_at(self, sigma: torch.Tensor) -> bool:
+        value = float(sigma.flatten()[0])
+        return self.sigma_end <= value <= self.sigma_start
+
+    @contextlib.contextmanager
+    def perturbing(self, model: Any, latent_shape: torch.Size) -> Iterator[None]:
+        """Blur the selected queries of every row of the denoiser calls made inside the block."""
+        diffusion_model = model.diffusion_model
+        family, layers = self.resolve(diffusion_model, type(getattr(model, "model_config", model)).__name__)
+        state = _PassState(latent_hw=tuple(latent_shape[2:]), reached=set())
+        patch = family.patch_size(diffusion_model)
+        handles = []
+        try:
+            if family.text_first:
+                handles.append(diffusion_model.register_forward_pre_hook(_record_text_tokens(state), with_kwargs=True))
+            for layer in layers:
+                handles.append(layer.module.register_forward_hook(_blur_hook(layer, family, self.config, state, patch)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+        missed = [layer.name for layer in layers if layer.name not in state.reached]
+        if missed:
+            raise RuntimeError(
+                f"SEG's perturbed pass never reached {len(missed)} of its {len(layers)} layers (first: {missed[0]}): "
+                "another patch replaced those blocks, so their queries could not be blurred."
+            )
+
+    def __call__(self, args: dict[str, Any]) -> torch.Tensor:
+        """ComfyUI's post-CFG hook: ``denoised + scale·(cond_denoised − perturbed_denoised)``."""
+        import comfy.samplers  # the host: only present inside ComfyUI
+
+        denoised, sigma = args["denoised"], args["sigma"]
+        if not self.config.enabled or not self.active_at(sigma):
+            return denoised
+        x, model = args["input"], args["model"]
+        with self.perturbing(model, x.shape):
+            (perturbed,) = comfy.samplers.calc_cond_batch(model, [args["cond"]], x, sigma, args["model_options"])
+        return denoised + self.config.scale * (args["cond_denoised"] - perturbed)

@@ -1,0 +1,150 @@
+"""A real ComfyUI in the test process: found at $COMFYUI_PATH or ../shared/comfyui, or the tests are skipped.
+
+Tiny models are built with ComfyUI's own model classes and random weights (ComfyUI's operations skip weight
+initialisation, so every parameter is filled here).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SUPPORT = Path(__file__).resolve().parent / "comfyui_support"
+
+
+def comfyui_path() -> Path | None:
+    candidates = [os.environ.get("COMFYUI_PATH"), ROOT.parent / "shared" / "comfyui"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "comfy" / "sample.py").is_file():
+            return Path(candidate).resolve()
+    return None
+
+
+def import_comfy():
+    """Put ComfyUI on sys.path (with the torchvision stand-in when no torchvision is installed) and import it."""
+    path = comfyui_path()
+    if path is None:
+        pytest.skip("no ComfyUI here: set COMFYUI_PATH to a ComfyUI checkout to run the ComfyUI tests")
+    needed = ("einops", "torchsde", "aiohttp", "comfy_kitchen")
+    missing = [name for name in needed if not importlib.util.find_spec(name)]
+    if missing:
+        pytest.skip(f"ComfyUI's requirements are not installed here (missing: {', '.join(missing)})")
+    if importlib.util.find_spec("torchvision") is None:
+        sys.path.insert(0, str(SUPPORT))
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sample
+    import comfy.samplers
+    import comfy.supported_models
+
+    return comfy
+
+
+SDXL_UNET = dict(
+    model_channels=32,
+    in_channels=4,
+    out_channels=4,
+    num_res_blocks=[2, 2],
+    channel_mult=[1, 2],
+    transformer_depth=[0, 0, 1, 1],
+    transformer_depth_output=[0, 0, 0, 1, 1, 1],
+    transformer_depth_middle=1,
+    context_dim=64,
+    num_head_channels=16,
+    use_linear_in_transformer=True,
+    adm_in_channels=32 + 6 * 256,  # pooled text (32) + SDXL's six size embeddings
+    num_classes="sequential",
+    use_spatial_transformer=True,
+    legacy=False,
+    use_temporal_attention=False,
+    image_size=32,
+)
+FLUX = dict(
+    image_model="flux",
+    guidance_embed=True,
+    in_channels=16,
+    out_channels=16,
+    vec_in_dim=32,
+    context_in_dim=32,
+    hidden_size=64,
+    mlp_ratio=2.0,
+    num_heads=2,
+    depth=2,
+    depth_single_blocks=2,
+    axes_dim=[8, 12, 12],
+    theta=10000,
+    patch_size=2,
+    qkv_bias=True,
+    txt_ids_dims=[],
+)
+
+
+def fill_random(model: torch.nn.Module, seed: int, query_key_gain: float = 8.0, value_gain: float = 2.0) -> None:
+    """Random weights; norms near 1; attention weights scaled up so that blurring queries matters."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            values = torch.randn(parameter.shape, generator=generator) * 0.05
+            if "norm" in name and name.endswith(("weight", "scale")):
+                values = 1.0 + values
+            elif any(part in name for part in ("to_q.", "to_k.", "qkv.", "linear1.")):
+                values = values * query_key_gain
+            elif any(part in name for part in ("to_v.", "to_out.", "attn.proj.", "linear2.")):
+                values = values * value_gain
+            parameter.copy_(values.to(parameter.dtype))
+
+
+def patcher(comfy, config_class, unet_config: dict, seed: int):
+    config = config_class(dict(unet_config))
+    model = config.get_model({})
+    fill_random(model.diffusion_model, seed)
+    device = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+
+
+def tiny_sdxl(comfy, seed: int = 0):
+    return patcher(comfy, comfy.supported_models.SDXL, SDXL_UNET, seed)
+
+
+def tiny_flux(comfy, seed: int = 0):
+    return patcher(comfy, comfy.supported_models.Flux, FLUX, seed)
+
+
+def sdxl_conditioning(seed: int, height: int, width: int):
+    generator = torch.Generator().manual_seed(seed)
+
+    def one():
+        text = torch.randn(1, 12, 64, generator=generator)
+        pooled = torch.randn(1, 32, generator=generator)
+        return [[text, {"pooled_output": pooled, "width": width * 8, "height": height * 8}]]
+
+    return one(), one()
+
+
+def flux_conditioning(seed: int):
+    generator = torch.Generator().manual_seed(seed)
+
+    def one():
+        text = torch.randn(1, 7, 32, generator=generator)
+        pooled = torch.randn(1, 32, generator=generator)
+        return [[text, {"pooled_output": pooled, "guidance": 3.5}]]
+
+    return one(), one()
+
+
+def sample(comfy, model, positive, negative, latent: torch.Tensor, cfg: float, steps: int = 3, seed: int = 7):
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+    return comfy.sample.sample(
+        model, noise, steps, cfg, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=seed
+    )

@@ -1,0 +1,1 @@
+"""Empty: ComfyUI's sampling core imports this module and never uses it."""

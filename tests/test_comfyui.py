@@ -1,0 +1,297 @@
+"""SEG inside a real ComfyUI: the node against an independent reference, sampled with ComfyUI's own sampler.
+
+The reference is written here from DESIGN.md §2, never from the node's code: for UNets, ComfyUI's own
+``attn1`` replace patch point with the attention computed from scratch on queries blurred by a dense blur
+matrix; for Flux, the queries after the query norm (before RoPE) blurred by the dense matrix; in both, the
+perturbed prediction is a separate cond pass combined as ``denoised + s·(cond − perturbed)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from comfyui_host import flux_conditioning, import_comfy, sample, sdxl_conditioning, tiny_flux, tiny_sdxl
+from reference import reference_blur_matrix
+
+TOLERANCE = 1e-5  # relative to the output's scale
+MIN_EFFECT = 100 * TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def comfy():
+    return import_comfy()
+
+
+@pytest.fixture(scope="module")
+def node(comfy):
+    from smoothed_energy_guidance.comfyui import nodes
+
+    return nodes
+
+
+def apply_node(node, model, **inputs):
+    settings = dict(scale=3.0, blur_sigma=10000.0, layers="", start_percent=0.0, end_percent=1.0, temporal_sigma=0.0)
+    settings.update(inputs)
+    return node.SmoothedEnergyGuidance.execute(model, **settings).result[0]
+
+
+# the reference ----------------------------------------------------------------------------------------------
+def dense_blur(q: torch.Tensor, grid: tuple[int, int], sigma: float, start: int = 0) -> torch.Tensor:
+    """Blur tokens [start, start + h·w) of (B, N, C) queries with the dense matrix (float64)."""
+    matrix = reference_blur_matrix(sigma, *grid)
+    tokens = slice(start, start + matrix.shape[0])
+    out = q.clone()
+    out[:, tokens] = torch.einsum("nm,bmc->bnc", matrix, q[:, tokens].double()).to(q.dtype)
+    return out
+
+
+def grid_with(tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
+    """The UNet level whose feature map has ``tokens`` tokens: the latent halved (rounding up)."""
+    h, w = latent_hw
+    for _ in range(8):
+        if h * w == tokens:
+            return h, w
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    raise AssertionError(f"no level of {latent_hw} has {tokens} tokens")
+
+
+def reference_unet_attention(sigma: float):
+    """An attn1 replace patch: softmax((blurred q)·kᵀ/√d)·v computed from scratch, per head."""
+
+    def attention(q, k, v, extra_options):
+        heads, dim = extra_options["n_heads"], extra_options["dim_head"]
+        grid = grid_with(q.shape[1], tuple(extra_options["original_shape"][2:]))
+        q = dense_blur(q, grid, sigma)
+
+        def split(x):
+            return x.reshape(x.shape[0], x.shape[1], heads, dim).transpose(1, 2).double()
+
+        weights = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(dim), dim=-1)
+        out = (weights @ split(v)).transpose(1, 2).reshape(q.shape[0], q.shape[1], heads * dim)
+        return out.to(q.dtype)
+
+    return attention
+
+
+def reference_post_cfg(comfy, scale: float, perturbed_options, active=lambda sigma: True):
+    def post_cfg(args):
+        if not active(float(args["sigma"].flatten()[0])):
+            return args["denoised"]
+        options = perturbed_options(args["model_options"].copy())
+        (perturbed,) = comfy.samplers.calc_cond_batch(
+            args["model"], [args["cond"]], args["input"], args["sigma"], options
+        )
+        return args["denoised"] + scale * (args["cond_denoised"] - perturbed)
+
+    return post_cfg
+
+
+def reference_unet_model(comfy, model, scale, sigma, active=lambda sigma: True):
+    def perturbed_options(options):  # the tiny UNet's mid block: one transformer block
+        return comfy.model_patcher.set_model_options_patch_replace(
+            options, reference_unet_attention(sigma), "attn1", "middle", 0, 0
+        )
+
+    reference = model.clone()
+    reference.set_model_sampler_post_cfg_function(reference_post_cfg(comfy, scale, perturbed_options, active))
+    return reference
+
+
+class FluxQueryBlur:
+    """Blur the image tokens of chosen Flux blocks' queries after the query norm (before RoPE), densely."""
+
+    def __init__(self, diffusion_model, blocks: list[str], sigma: float, grid: tuple[int, int], text: int):
+        self.targets = []
+        for block in blocks:
+            if block.startswith("double_blocks"):
+                self.targets.append((diffusion_model.get_submodule(f"{block}.img_attn.norm.query_norm"), 0))
+            else:
+                self.targets.append((diffusion_model.get_submodule(f"{block}.norm.query_norm"), text))
+        self.sigma, self.grid = sigma, grid
+
+    def __enter__(self):
+        def hook(start):
+            def blur(module, inputs, output):  # (B, heads, N, D)
+                b, heads, n, d = output.shape
+                flat = output.transpose(1, 2).reshape(b, n, heads * d)
+                return dense_blur(flat, self.grid, self.sigma, start).reshape(b, n, heads, d).transpose(1, 2)
+
+            return blur
+
+        self.handles = [module.register_forward_hook(hook(start)) for module, start in self.targets]
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+
+def reference_flux_model(comfy, model, scale, sigma, blocks, grid, text=7):
+    reference = model.clone()
+
+    def post_cfg(args):
+        with FluxQueryBlur(args["model"].diffusion_model, blocks, sigma, grid, text):
+            (perturbed,) = comfy.samplers.calc_cond_batch(
+                args["model"], [args["cond"]], args["input"], args["sigma"], args["model_options"]
+            )
+        return args["denoised"] + scale * (args["cond_denoised"] - perturbed)
+
+    reference.set_model_sampler_post_cfg_function(post_cfg)
+    return reference
+
+
+def assert_matches(ours, reference, plain):
+    scale = plain.abs().max()
+    error = ((ours - reference).abs().max() / scale).item()
+    effect = ((ours - plain).abs().max() / scale).item()
+    assert error < TOLERANCE, f"SEG differs from the reference by {error:.2e} (relative)"
+    assert effect > MIN_EFFECT, f"SEG moved the output by only {effect:.2e}: the test would prove nothing"
+
+
+# UNet (SDXL layout) -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cfg", [5.0, 1.0])
+@pytest.mark.parametrize("sigma", [2.0, 10000.0])
+def test_sdxl_node_matches_the_reference_on_a_wide_odd_grid(comfy, node, cfg, sigma):
+    model = tiny_sdxl(comfy)
+    latent = torch.zeros(1, 4, 13, 21)  # mid level 7 × 11
+    positive, negative = sdxl_conditioning(1, 13, 21)
+    plain = sample(comfy, model, positive, negative, latent, cfg)
+    ours = sample(comfy, apply_node(node, model, scale=3.0, blur_sigma=sigma), positive, negative, latent, cfg)
+    reference = sample(comfy, reference_unet_model(comfy, model, 3.0, sigma), positive, negative, latent, cfg)
+    assert_matches(ours, reference, plain)
+
+
+def test_scale_zero_is_the_unpatched_model_bit_for_bit(comfy, node):
+    model = tiny_sdxl(comfy)
+    assert apply_node(node, model, scale=0.0) is model
+    latent = torch.zeros(1, 4, 8, 8)
+    positive, negative = sdxl_conditioning(2, 8, 8)
+    assert torch.equal(
+        sample(comfy, apply_node(node, model, scale=0.0), positive, negative, latent, 5.0),
+        sample(comfy, model, positive, negative, latent, 5.0),
+    )
+
+
+def test_the_window_follows_comfyuis_percent_convention(comfy, node):
+    model = tiny_sdxl(comfy)
+    latent = torch.zeros(1, 4, 8, 10)
+    positive, negative = sdxl_conditioning(3, 8, 10)
+    sampling = model.get_model_object("model_sampling")
+    sigma_start, sigma_end = sampling.percent_to_sigma(0.0), sampling.percent_to_sigma(0.6)
+    plain = sample(comfy, model, positive, negative, latent, 5.0, steps=4)
+    windowed = apply_node(node, model, blur_sigma=2.0, end_percent=0.6)
+    ours = sample(comfy, windowed, positive, negative, latent, 5.0, steps=4)
+    reference = reference_unet_model(comfy, model, 3.0, 2.0, active=lambda s: sigma_end <= s <= sigma_start)
+    assert_matches(ours, sample(comfy, reference, positive, negative, latent, 5.0, steps=4), plain)
+    # the perturbed pass runs on exactly the steps whose sigma lies in the window
+    sigmas = comfy.samplers.KSampler(model, steps=4, device="cpu", sampler="euler", scheduler="normal").sigmas[:-1]
+    expected = sum(sigma_end <= float(sigma) <= sigma_start for sigma in sigmas)
+    assert 0 < expected < 4
+    to_q = model.model.diffusion_model.get_submodule("middle_block.1.transformer_blocks.0.attn1.to_q")
+    calls = []
+    handle = to_q.register_forward_hook(lambda module, inputs, output: calls.append(output.shape[0]))
+    try:
+        sample(comfy, windowed, positive, negative, latent, 5.0, steps=4)
+    finally:
+        handle.remove()
+    assert calls == [2, 1] * expected + [2] * (4 - expected)  # [cond, uncond] then the perturbed cond pass
+    empty = apply_node(node, model, blur_sigma=2.0, start_percent=1.0, end_percent=1.0)
+    assert torch.equal(sample(comfy, empty, positive, negative, latent, 5.0, steps=4), plain)
+
+
+def test_layer_specs_use_the_projects_grammar_and_bad_ones_are_named(comfy, node):
+    model = tiny_sdxl(comfy)
+    patch = node.seg_patch(model, 3.0, 2.0, "d0 + u1")
+    family, layers = patch.resolve(model.model.diffusion_model, "SDXL")
+    assert [layer.name for layer in layers] == [
+        "input_blocks.4.1.transformer_blocks.0.attn1",
+        "output_blocks.1.1.transformer_blocks.0.attn1",
+    ]
+    with pytest.raises(ValueError, match="u7"):
+        node.seg_patch(model, 3.0, 2.0, "u7")
+
+
+# Flux -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("layers", "blocks"), [("", ["single_blocks.0"]), ("double.1", ["double_blocks.1"])], ids=["default", "double"]
+)
+@pytest.mark.parametrize("cfg", [1.0, 4.0])
+def test_flux_node_matches_the_reference(comfy, node, layers, blocks, cfg):
+    model = tiny_flux(comfy)
+    latent = torch.zeros(1, 16, 10, 14)  # 5 × 7 image tokens
+    positive, negative = flux_conditioning(4)
+    plain = sample(comfy, model, positive, negative, latent, cfg)
+    ours = sample(comfy, apply_node(node, model, blur_sigma=1.0, layers=layers), positive, negative, latent, cfg)
+    reference = reference_flux_model(comfy, model, 3.0, 1.0, blocks, (5, 7))
+    assert_matches(ours, sample(comfy, reference, positive, negative, latent, cfg), plain)
+
+
+def test_flux_odd_latent_uses_comfyuis_padded_token_grid(comfy, node):
+    model = tiny_flux(comfy)
+    latent = torch.zeros(1, 16, 11, 13)  # padded to 12 × 14: 6 × 7 tokens
+    positive, negative = flux_conditioning(5)
+    plain = sample(comfy, model, positive, negative, latent, 1.0)
+    ours = sample(comfy, apply_node(node, model, blur_sigma=1.0), positive, negative, latent, 1.0)
+    reference = reference_flux_model(comfy, model, 3.0, 1.0, ["single_blocks.0"], (6, 7))
+    assert_matches(ours, sample(comfy, reference, positive, negative, latent, 1.0), plain)
+
+
+def test_an_unserved_model_family_is_named_in_the_error(comfy, node):
+    from smoothed_energy_guidance.comfyui.models import comfy_family
+
+    class WanModel(torch.nn.Module):
+        pass
+
+    with pytest.raises(ValueError, match=r"WAN21 \(WanModel\).*Flux"):
+        comfy_family(WanModel(), "WAN21")
+
+
+# Installing ---------------------------------------------------------------------------------------------------
+def load_with_comfyuis_loader(path) -> bool:
+    import asyncio
+
+    import nodes as comfy_nodes  # ComfyUI's own node registry and loader
+
+    comfy_nodes.NODE_CLASS_MAPPINGS.pop("SmoothedEnergyGuidance", None)
+    loaded = asyncio.run(comfy_nodes.load_custom_node(str(path)))
+    return loaded and "SmoothedEnergyGuidance" in comfy_nodes.NODE_CLASS_MAPPINGS
+
+
+def test_comfyuis_loader_loads_a_clone_of_the_repository(comfy, tmp_path):
+    import shutil
+
+    from comfyui_host import ROOT
+
+    clone = tmp_path / "custom_nodes" / "smoothed-energy-guidance"
+    clone.mkdir(parents=True)
+    shutil.copy(ROOT / "__init__.py", clone / "__init__.py")
+    shutil.copy(ROOT / "pyproject.toml", clone / "pyproject.toml")
+    (clone / "src").symlink_to(ROOT / "src")
+    assert load_with_comfyuis_loader(clone)
+
+
+def test_comfyuis_loader_loads_the_one_line_shim_of_a_pip_install(comfy, tmp_path):
+    import shutil
+
+    from comfyui_host import ROOT
+
+    custom_nodes = tmp_path / "custom_nodes"
+    custom_nodes.mkdir()
+    shim = custom_nodes / "smoothed_energy_guidance_nodes.py"
+    shutil.copy(ROOT / "comfyui" / "smoothed_energy_guidance_nodes.py", shim)
+    assert load_with_comfyuis_loader(shim)
+    import nodes as comfy_nodes
+
+    assert comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS["SmoothedEnergyGuidance"] == "Smoothed Energy Guidance (SEG)"
+
+
+def test_the_node_schema_takes_the_inputs_users_expect(comfy, node):
+    schema = node.SmoothedEnergyGuidance.define_schema()
+    inputs = {item.id: item for item in schema.inputs}
+    assert list(inputs) == ["model", "scale", "blur_sigma", "layers", "start_percent", "end_percent", "temporal_sigma"]
+    assert inputs["scale"].default == 3.0
+    assert inputs["blur_sigma"].default > 9999 and inputs["blur_sigma"].max > 9999  # ∞, as the official SEG
+    assert (inputs["start_percent"].default, inputs["end_percent"].default) == (0.0, 1.0)
+    assert inputs["layers"].default == ""

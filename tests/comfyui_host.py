@@ -89,6 +89,24 @@ FLUX = dict(
     txt_ids_dims=[],
 )
 
+WAN = dict(
+    image_model="wan2.1",
+    model_type="t2v",
+    patch_size=(1, 2, 2),
+    text_len=16,
+    in_dim=16,
+    dim=32,
+    ffn_dim=64,
+    freq_dim=32,
+    text_dim=32,
+    out_dim=16,
+    num_heads=2,
+    num_layers=3,
+    qk_norm=True,
+    cross_attn_norm=True,
+    eps=1e-6,
+)
+
 
 def fill_random(model: torch.nn.Module, seed: int, query_key_gain: float = 8.0, value_gain: float = 2.0) -> None:
     """Random weights; norms near 1; attention weights scaled up so that blurring queries matters."""
@@ -98,9 +116,9 @@ def fill_random(model: torch.nn.Module, seed: int, query_key_gain: float = 8.0, 
             values = torch.randn(parameter.shape, generator=generator) * 0.05
             if "norm" in name and name.endswith(("weight", "scale")):
                 values = 1.0 + values
-            elif any(part in name for part in ("to_q.", "to_k.", "qkv.", "linear1.")):
+            elif any(part in name for part in ("to_q.", "to_k.", "qkv.", "linear1.", "attn.q.", "attn.k.")):
                 values = values * query_key_gain
-            elif any(part in name for part in ("to_v.", "to_out.", "attn.proj.", "linear2.")):
+            elif any(part in name for part in ("to_v.", "to_out.", "attn.proj.", "linear2.", "attn.v.", "attn.o.")):
                 values = values * value_gain
             parameter.copy_(values.to(parameter.dtype))
 
@@ -119,6 +137,15 @@ def tiny_sdxl(comfy, seed: int = 0):
 
 def tiny_flux(comfy, seed: int = 0):
     return patcher(comfy, comfy.supported_models.Flux, FLUX, seed)
+
+
+def tiny_wan(comfy, seed: int = 0):
+    return patcher(comfy, comfy.supported_models.WAN21_T2V, WAN, seed)
+
+
+def wan_conditioning(seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, 16, 32, generator=generator), {}]], [[torch.randn(1, 16, 32, generator=generator), {}]]
 
 
 def sdxl_conditioning(seed: int, height: int, width: int):

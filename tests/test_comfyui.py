@@ -13,8 +13,17 @@ import math
 import pytest
 import torch
 
-from comfyui_host import flux_conditioning, import_comfy, sample, sdxl_conditioning, tiny_flux, tiny_sdxl
-from reference import reference_blur_matrix
+from comfyui_host import (
+    flux_conditioning,
+    import_comfy,
+    sample,
+    sdxl_conditioning,
+    tiny_flux,
+    tiny_sdxl,
+    tiny_wan,
+    wan_conditioning,
+)
+from reference import reference_blur_matrix, reference_video_blur_matrix
 
 TOLERANCE = 1e-5  # relative to the output's scale
 MIN_EFFECT = 100 * TOLERANCE
@@ -39,9 +48,12 @@ def apply_node(node, model, **inputs):
 
 
 # the reference ----------------------------------------------------------------------------------------------
-def dense_blur(q: torch.Tensor, grid: tuple[int, int], sigma: float, start: int = 0) -> torch.Tensor:
-    """Blur tokens [start, start + h·w) of (B, N, C) queries with the dense matrix (float64)."""
-    matrix = reference_blur_matrix(sigma, *grid)
+def dense_blur(q: torch.Tensor, grid: tuple[int, ...], sigma: float, start: int = 0, temporal: float = 0.0):
+    """Blur tokens [start, start + h·w) — or (t·h·w) for a video grid — of (B, N, C) queries, densely."""
+    if len(grid) == 3:
+        matrix = reference_video_blur_matrix(sigma, temporal, *grid)
+    else:
+        matrix = reference_blur_matrix(sigma, *grid)
     tokens = slice(start, start + matrix.shape[0])
     out = q.clone()
     out[:, tokens] = torch.einsum("nm,bmc->bnc", matrix, q[:, tokens].double()).to(q.dtype)
@@ -241,11 +253,43 @@ def test_flux_odd_latent_uses_comfyuis_padded_token_grid(comfy, node):
 def test_an_unserved_model_family_is_named_in_the_error(comfy, node):
     from smoothed_energy_guidance.comfyui.models import comfy_family
 
-    class WanModel(torch.nn.Module):
+    class CosmosPredict2(torch.nn.Module):
         pass
 
-    with pytest.raises(ValueError, match=r"WAN21 \(WanModel\).*Flux"):
-        comfy_family(WanModel(), "WAN21")
+    with pytest.raises(ValueError, match=r"CosmosT2IPredict2 \(CosmosPredict2\).*Flux"):
+        comfy_family(CosmosPredict2(), "CosmosT2IPredict2")
+
+
+# Wan (video) -------------------------------------------------------------------------------------------------
+def reference_wan_model(comfy, model, scale, sigma, temporal, block, grid):
+    reference = model.clone()
+
+    def post_cfg(args):
+        norm = args["model"].diffusion_model.get_submodule(f"{block}.self_attn.norm_q")
+        handle = norm.register_forward_hook(lambda module, inputs, output: dense_blur(output, grid, sigma, 0, temporal))
+        try:
+            (perturbed,) = comfy.samplers.calc_cond_batch(
+                args["model"], [args["cond"]], args["input"], args["sigma"], args["model_options"]
+            )
+        finally:
+            handle.remove()
+        return args["denoised"] + scale * (args["cond_denoised"] - perturbed)
+
+    reference.set_model_sampler_post_cfg_function(post_cfg)
+    return reference
+
+
+@pytest.mark.parametrize(("sigma", "temporal"), [(1.0, 1.0), (2.0, 0.0), (10000.0, 10000.0)])
+@pytest.mark.parametrize("cfg", [5.0, 1.0])
+def test_wan_node_matches_the_video_reference(comfy, node, sigma, temporal, cfg):
+    model = tiny_wan(comfy)
+    latent = torch.zeros(1, 16, 3, 10, 13)  # 3 latent frames of 5 × 7 tokens (13 padded to 14)
+    positive, negative = wan_conditioning(6)
+    plain = sample(comfy, model, positive, negative, latent, cfg)
+    patched = apply_node(node, model, blur_sigma=sigma, temporal_sigma=temporal)
+    ours = sample(comfy, patched, positive, negative, latent, cfg)
+    reference = reference_wan_model(comfy, model, 3.0, sigma, temporal, "blocks.1", (3, 5, 7))
+    assert_matches(ours, sample(comfy, reference, positive, negative, latent, cfg), plain)
 
 
 # Installing ---------------------------------------------------------------------------------------------------

@@ -39,9 +39,11 @@ class ComfyFamily:
     name: str
     diffusion_model_classes: tuple[str, ...]  # class names of ``model.diffusion_model``
     layers: Callable[[nn.Module, Sequence[str] | None], tuple[QueryLayer, ...]]
-    patch_size: Callable[[nn.Module], int]  # latent pixels per image token along each side (1: a UNet)
-    # the layer's token grid from the latent (h, w) and the layer's token count (UNet levels are downsampled)
+    # latent cells per token along each latent axis after the channels ((t,) h, w); None: a UNet, whose
+    # levels halve the latent instead
+    patch_size: Callable[[nn.Module], tuple[int, ...]] | None = None
     text_first: bool = False  # some layers' queries open with the text tokens (Flux's single blocks)
+    video: bool = False  # latents (B, C, T, H, W): the grid is (t, h, w) and temporal_sigma applies
 
 
 def unet_inventory(model: nn.Module) -> AttentionInventory:
@@ -95,19 +97,37 @@ def flux_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLay
     return tuple(layers)
 
 
+def stack_inventory(model: nn.Module, path: str = "blocks", spec: str = "blocks") -> BlockInventory:
+    """One stack of transformer blocks, each block one SEG layer."""
+    return BlockInventory({spec: tuple((f"{path}.{i}", (f"{path}.{i}",)) for i in range(len(getattr(model, path))))})
+
+
+def wan_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLayer, ...]:
+    """Wan: each block's self-attention queries after ``norm_q`` (before RoPE), video tokens only."""
+    inventory = stack_inventory(model)
+    names = resolve_block_layers(specs if specs is not None else inventory.default_layers(), inventory)
+    return tuple(QueryLayer(name, model.get_submodule(f"{name}.self_attn.norm_q")) for name in names)
+
+
 FAMILIES = (
     ComfyFamily(
         name="Stable Diffusion 1.x/2.x/XL (UNet)",
         diffusion_model_classes=("UNetModel",),
         layers=unet_layers,
-        patch_size=lambda model: 1,
     ),
     ComfyFamily(
         name="Flux.1 / Chroma",
         diffusion_model_classes=("Flux", "Chroma"),
         layers=flux_layers,
-        patch_size=lambda model: int(model.patch_size),
+        patch_size=lambda model: (int(model.patch_size),) * 2,
         text_first=True,
+    ),
+    ComfyFamily(
+        name="Wan 2.x",
+        diffusion_model_classes=("WanModel",),
+        layers=wan_layers,
+        patch_size=lambda model: tuple(int(side) for side in model.patch_size),
+        video=True,
     ),
 )
 
@@ -124,14 +144,18 @@ def comfy_family(diffusion_model: nn.Module, model_name: str) -> ComfyFamily:
     )
 
 
-def image_grid(latent_hw: tuple[int, ...], tokens: int, patch_size: int, layer: str) -> tuple[int, ...]:
-    """The layer's image-token grid: the latent patchified, then halved (rounding up) until it holds ``tokens``
-    tokens or fewer (UNet levels); DiT layers see the patchified grid itself."""
-    grid = tuple(math.ceil(side / patch_size) for side in latent_hw)
-    if patch_size > 1:
-        return grid
+def image_grid(
+    latent_size: tuple[int, ...], tokens: int, patch_size: tuple[int, ...] | None, layer: str
+) -> tuple[int, ...]:
+    """The layer's image-token grid. DiTs: the latent patchified (ComfyUI pads it to whole patches). UNets: the
+    latent halved (rounding up) until it holds ``tokens`` tokens."""
+    if patch_size is not None:
+        return tuple(math.ceil(side / patch) for side, patch in zip(latent_size, patch_size, strict=True))
+    grid = latent_size
     while math.prod(grid) > tokens:
         grid = tuple(math.ceil(side / 2) for side in grid)
     if math.prod(grid) != tokens:
-        raise ValueError(f"SEG layer {layer} has {tokens} query tokens, which no level of the {latent_hw} latent has.")
+        raise ValueError(
+            f"SEG layer {layer} has {tokens} query tokens, which no level of the {latent_size} latent has."
+        )
     return grid

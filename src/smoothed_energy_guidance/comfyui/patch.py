@@ -26,18 +26,15 @@ from .models import ComfyFamily, QueryLayer, comfy_family, image_grid
 class _PassState:
     """What the hooks need to know about the perturbed pass in flight."""
 
-    latent_hw: tuple[int, ...]
+    latent_size: tuple[int, ...]  # the latent's axes after the channels: (h, w) or (t, h, w)
     text_tokens: int | None = None
     reached: set[str] | None = None
 
 
-def _blur_hook(layer: QueryLayer, family: ComfyFamily, config: SegConfig, state: _PassState, patch: int):
+def _blur_hook(layer: QueryLayer, family: ComfyFamily, config: SegConfig, state: _PassState, patch: Any):
     def blur(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         tokens = output.shape[-2] if layer.token_dim == 2 else output.shape[1]
-        image_tokens = tokens
-        if layer.tokens is TokenLayout.TEXT_FIRST:
-            image_tokens = tokens - (state.text_tokens or 0)
-        grid = image_grid(state.latent_hw, image_tokens, patch, layer.name)
+        grid = image_grid(state.latent_size, tokens, patch, layer.name)
         state.reached.add(layer.name)
         return blur_image_queries(
             output,
@@ -96,8 +93,8 @@ class SegPatch:
         """Blur the selected queries of every row of the denoiser calls made inside the block."""
         diffusion_model = model.diffusion_model
         family, layers = self.resolve(diffusion_model, type(getattr(model, "model_config", model)).__name__)
-        state = _PassState(latent_hw=tuple(latent_shape[2:]), reached=set())
-        patch = family.patch_size(diffusion_model)
+        state = _PassState(latent_size=tuple(latent_shape[2:]), reached=set())
+        patch = family.patch_size(diffusion_model) if family.patch_size is not None else None
         handles = []
         try:
             if family.text_first:

@@ -89,6 +89,31 @@ FLUX = dict(
     txt_ids_dims=[],
 )
 
+SD3 = dict(  # an SD3.5-style MMDiT: RMS query norm, a second image-only attention in every block
+    in_channels=16,
+    out_channels=16,
+    patch_size=2,
+    depth=2,
+    input_size=None,
+    adm_in_channels=32,
+    context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 128}},
+    pos_embed_max_size=16,
+    num_patches=256,
+    pos_embed_scaling_factor=None,
+    qk_norm="rms",
+    x_block_self_attn=True,
+)
+QWEN_IMAGE = dict(
+    image_model="qwen_image",
+    patch_size=2,
+    in_channels=64,
+    out_channels=16,
+    num_layers=2,
+    attention_head_dim=32,
+    num_attention_heads=2,
+    joint_attention_dim=32,
+    axes_dims_rope=(8, 12, 12),
+)
 WAN = dict(
     image_model="wan2.1",
     model_type="t2v",
@@ -114,13 +139,20 @@ def fill_random(model: torch.nn.Module, seed: int, query_key_gain: float = 8.0, 
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             values = torch.randn(parameter.shape, generator=generator) * 0.05
-            if "norm" in name and name.endswith(("weight", "scale")):
+            if any(part in name for part in ("ln_q.", "ln_k.")):  # query / key norms: peaked attention
+                values = 2.0 * (1.0 + values)
+            elif "norm" in name and name.endswith(("weight", "scale")):
                 values = 1.0 + values
             elif any(part in name for part in ("to_q.", "to_k.", "qkv.", "linear1.", "attn.q.", "attn.k.")):
                 values = values * query_key_gain
             elif any(part in name for part in ("to_v.", "to_out.", "attn.proj.", "linear2.", "attn.v.", "attn.o.")):
                 values = values * value_gain
             parameter.copy_(values.to(parameter.dtype))
+        # persistent buffers come from checkpoints too (SD3's position table); ComfyUI leaves them empty
+        persistent = set(model.state_dict())
+        for name, buffer in model.named_buffers():
+            if name in persistent and buffer.is_floating_point():
+                buffer.copy_(torch.randn(buffer.shape, generator=generator).to(buffer.dtype) * 0.05)
 
 
 def patcher(comfy, config_class, unet_config: dict, seed: int):
@@ -137,6 +169,25 @@ def tiny_sdxl(comfy, seed: int = 0):
 
 def tiny_flux(comfy, seed: int = 0):
     return patcher(comfy, comfy.supported_models.Flux, FLUX, seed)
+
+
+def tiny_sd3(comfy, seed: int = 0):
+    return patcher(comfy, comfy.supported_models.SD3, SD3, seed)
+
+
+def sd3_conditioning(seed: int):
+    generator = torch.Generator().manual_seed(seed)
+
+    def one():
+        return [
+            [torch.randn(1, 9, 32, generator=generator), {"pooled_output": torch.randn(1, 32, generator=generator)}]
+        ]
+
+    return one(), one()
+
+
+def tiny_qwen_image(comfy, seed: int = 0):
+    return patcher(comfy, comfy.supported_models.QwenImage, QWEN_IMAGE, seed)
 
 
 def tiny_wan(comfy, seed: int = 0):

@@ -17,8 +17,11 @@ from comfyui_host import (
     flux_conditioning,
     import_comfy,
     sample,
+    sd3_conditioning,
     sdxl_conditioning,
     tiny_flux,
+    tiny_qwen_image,
+    tiny_sd3,
     tiny_sdxl,
     tiny_wan,
     wan_conditioning,
@@ -112,46 +115,49 @@ def reference_unet_model(comfy, model, scale, sigma, active=lambda sigma: True):
     return reference
 
 
-class FluxQueryBlur:
-    """Blur the image tokens of chosen Flux blocks' queries after the query norm (before RoPE), densely."""
+def reference_hooked_model(comfy, model, scale, targets, grid, sigma, temporal=0.0):
+    """A separate perturbed cond pass in which ``targets`` — (query module name, first image token, token
+    axis) — have their image tokens blurred densely; combined as denoised + s·(cond − perturbed)."""
 
-    def __init__(self, diffusion_model, blocks: list[str], sigma: float, grid: tuple[int, int], text: int):
-        self.targets = []
-        for block in blocks:
-            if block.startswith("double_blocks"):
-                self.targets.append((diffusion_model.get_submodule(f"{block}.img_attn.norm.query_norm"), 0))
-            else:
-                self.targets.append((diffusion_model.get_submodule(f"{block}.norm.query_norm"), text))
-        self.sigma, self.grid = sigma, grid
-
-    def __enter__(self):
-        def hook(start):
-            def blur(module, inputs, output):  # (B, heads, N, D)
+    def blur(start, token_dim):
+        def hook(module, inputs, output):
+            if token_dim == 2:  # (B, heads, N, D)
                 b, heads, n, d = output.shape
                 flat = output.transpose(1, 2).reshape(b, n, heads * d)
-                return dense_blur(flat, self.grid, self.sigma, start).reshape(b, n, heads, d).transpose(1, 2)
+                return dense_blur(flat, grid, sigma, start, temporal).reshape(b, n, heads, d).transpose(1, 2)
+            return dense_blur(
+                output.reshape(output.shape[0], output.shape[1], -1), grid, sigma, start, temporal
+            ).reshape(output.shape)
 
-            return blur
-
-        self.handles = [module.register_forward_hook(hook(start)) for module, start in self.targets]
-
-    def __exit__(self, *exc):
-        for handle in self.handles:
-            handle.remove()
-
-
-def reference_flux_model(comfy, model, scale, sigma, blocks, grid, text=7):
-    reference = model.clone()
+        return hook
 
     def post_cfg(args):
-        with FluxQueryBlur(args["model"].diffusion_model, blocks, sigma, grid, text):
+        diffusion_model = args["model"].diffusion_model
+        handles = [
+            diffusion_model.get_submodule(name).register_forward_hook(blur(start, token_dim))
+            for name, start, token_dim in targets
+        ]
+        try:
             (perturbed,) = comfy.samplers.calc_cond_batch(
                 args["model"], [args["cond"]], args["input"], args["sigma"], args["model_options"]
             )
+        finally:
+            for handle in handles:
+                handle.remove()
         return args["denoised"] + scale * (args["cond_denoised"] - perturbed)
 
+    reference = model.clone()
     reference.set_model_sampler_post_cfg_function(post_cfg)
     return reference
+
+
+def flux_targets(blocks, text=7):
+    return [
+        (f"{block}.img_attn.norm.query_norm", 0, 2)
+        if block.startswith("double")
+        else (f"{block}.norm.query_norm", text, 2)
+        for block in blocks
+    ]
 
 
 def assert_matches(ours, reference, plain):
@@ -236,7 +242,7 @@ def test_flux_node_matches_the_reference(comfy, node, layers, blocks, cfg):
     positive, negative = flux_conditioning(4)
     plain = sample(comfy, model, positive, negative, latent, cfg)
     ours = sample(comfy, apply_node(node, model, blur_sigma=1.0, layers=layers), positive, negative, latent, cfg)
-    reference = reference_flux_model(comfy, model, 3.0, 1.0, blocks, (5, 7))
+    reference = reference_hooked_model(comfy, model, 3.0, flux_targets(blocks), (5, 7), 1.0)
     assert_matches(ours, sample(comfy, reference, positive, negative, latent, cfg), plain)
 
 
@@ -246,7 +252,7 @@ def test_flux_odd_latent_uses_comfyuis_padded_token_grid(comfy, node):
     positive, negative = flux_conditioning(5)
     plain = sample(comfy, model, positive, negative, latent, 1.0)
     ours = sample(comfy, apply_node(node, model, blur_sigma=1.0), positive, negative, latent, 1.0)
-    reference = reference_flux_model(comfy, model, 3.0, 1.0, ["single_blocks.0"], (6, 7))
+    reference = reference_hooked_model(comfy, model, 3.0, flux_targets(["single_blocks.0"]), (6, 7), 1.0)
     assert_matches(ours, sample(comfy, reference, positive, negative, latent, 1.0), plain)
 
 
@@ -260,25 +266,38 @@ def test_an_unserved_model_family_is_named_in_the_error(comfy, node):
         comfy_family(CosmosPredict2(), "CosmosT2IPredict2")
 
 
+# SD3 / SD3.5 --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("layers", "block"), [("", "joint_blocks.1"), ("blocks.0", "joint_blocks.0")])
+@pytest.mark.parametrize(("cfg", "sigma"), [(5.0, 10000.0), (1.0, 10000.0), (5.0, 2.0)])
+def test_sd3_node_matches_the_reference_on_both_image_attentions(comfy, node, layers, block, cfg, sigma):
+    model = tiny_sd3(comfy)
+    latent = torch.zeros(1, 16, 10, 13)  # 5 × 7 tokens (13 padded to 14)
+    positive, negative = sd3_conditioning(8)
+    plain = sample(comfy, model, positive, negative, latent, cfg)
+    ours = sample(comfy, apply_node(node, model, blur_sigma=sigma, layers=layers), positive, negative, latent, cfg)
+    targets = [(f"{block}.x_block.{attention}.ln_q", 0, 1) for attention in ("attn", "attn2")]
+    reference = reference_hooked_model(comfy, model, 3.0, targets, (5, 7), sigma)
+    assert_matches(ours, sample(comfy, reference, positive, negative, latent, cfg), plain)
+
+
+# Qwen-Image (with a reference image, as its edit model gets) -------------------------------------------------
+@pytest.mark.parametrize("reference_image", [False, True], ids=["text2img", "edit"])
+@pytest.mark.parametrize("cfg", [4.0, 1.0])
+def test_qwen_image_node_blurs_only_the_generated_images_tokens(comfy, node, reference_image, cfg):
+    model = tiny_qwen_image(comfy)
+    latent = torch.zeros(1, 16, 1, 10, 13)  # 5 × 7 tokens
+    positive, negative = wan_conditioning(9)  # text (1, 16, 32)
+    if reference_image:
+        edit = torch.randn(1, 16, 1, 6, 8, generator=torch.Generator().manual_seed(10))  # 12 more image tokens
+        positive = [[text, {**extra, "reference_latents": [edit]}] for text, extra in positive]
+    plain = sample(comfy, model, positive, negative, latent, cfg)
+    ours = sample(comfy, apply_node(node, model, blur_sigma=1.0), positive, negative, latent, cfg)
+    targets = [("transformer_blocks.1.attn.norm_q", 0, 2)]
+    reference = reference_hooked_model(comfy, model, 3.0, targets, (5, 7), 1.0)
+    assert_matches(ours, sample(comfy, reference, positive, negative, latent, cfg), plain)
+
+
 # Wan (video) -------------------------------------------------------------------------------------------------
-def reference_wan_model(comfy, model, scale, sigma, temporal, block, grid):
-    reference = model.clone()
-
-    def post_cfg(args):
-        norm = args["model"].diffusion_model.get_submodule(f"{block}.self_attn.norm_q")
-        handle = norm.register_forward_hook(lambda module, inputs, output: dense_blur(output, grid, sigma, 0, temporal))
-        try:
-            (perturbed,) = comfy.samplers.calc_cond_batch(
-                args["model"], [args["cond"]], args["input"], args["sigma"], args["model_options"]
-            )
-        finally:
-            handle.remove()
-        return args["denoised"] + scale * (args["cond_denoised"] - perturbed)
-
-    reference.set_model_sampler_post_cfg_function(post_cfg)
-    return reference
-
-
 @pytest.mark.parametrize(("sigma", "temporal"), [(1.0, 1.0), (2.0, 0.0), (10000.0, 10000.0)])
 @pytest.mark.parametrize("cfg", [5.0, 1.0])
 def test_wan_node_matches_the_video_reference(comfy, node, sigma, temporal, cfg):
@@ -288,7 +307,8 @@ def test_wan_node_matches_the_video_reference(comfy, node, sigma, temporal, cfg)
     plain = sample(comfy, model, positive, negative, latent, cfg)
     patched = apply_node(node, model, blur_sigma=sigma, temporal_sigma=temporal)
     ours = sample(comfy, patched, positive, negative, latent, cfg)
-    reference = reference_wan_model(comfy, model, 3.0, sigma, temporal, "blocks.1", (3, 5, 7))
+    targets = [("blocks.1.self_attn.norm_q", 0, 1)]
+    reference = reference_hooked_model(comfy, model, 3.0, targets, (3, 5, 7), sigma, temporal)
     assert_matches(ours, sample(comfy, reference, positive, negative, latent, cfg), plain)
 
 

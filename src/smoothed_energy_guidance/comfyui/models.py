@@ -109,6 +109,38 @@ def wan_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLaye
     return tuple(QueryLayer(name, model.get_submodule(f"{name}.self_attn.norm_q")) for name in names)
 
 
+def sd3_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLayer, ...]:
+    """SD3 / SD3.5: each joint block's image-stream attention (and SD3.5's second one) after ``ln_q``."""
+    blocks = model.joint_blocks
+    inventory = BlockInventory(
+        {
+            "blocks": tuple(
+                (
+                    f"joint_blocks.{i}",
+                    tuple(
+                        f"joint_blocks.{i}.x_block.{attention}"
+                        for attention in ("attn", "attn2")
+                        if hasattr(block.x_block, attention)
+                    ),
+                )
+                for i, block in enumerate(blocks)
+            )
+        }
+    )
+    names = resolve_block_layers(specs if specs is not None else inventory.default_layers(), inventory)
+    return tuple(QueryLayer(name, model.get_submodule(f"{name}.ln_q")) for name in names)
+
+
+def qwen_image_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLayer, ...]:
+    """Qwen-Image: each block's image-stream queries after ``norm_q`` (before RoPE); reference-image tokens
+    (edit) follow the generated image's and stay unblurred."""
+    inventory = stack_inventory(model, "transformer_blocks")
+    names = resolve_block_layers(specs if specs is not None else inventory.default_layers(), inventory)
+    return tuple(
+        QueryLayer(name, model.get_submodule(f"{name}.attn.norm_q"), TokenLayout.IMAGE_FIRST, 2) for name in names
+    )
+
+
 FAMILIES = (
     ComfyFamily(
         name="Stable Diffusion 1.x/2.x/XL (UNet)",
@@ -121,6 +153,18 @@ FAMILIES = (
         layers=flux_layers,
         patch_size=lambda model: (int(model.patch_size),) * 2,
         text_first=True,
+    ),
+    ComfyFamily(
+        name="Stable Diffusion 3/3.5",
+        diffusion_model_classes=("MMDiT",),
+        layers=sd3_layers,
+        patch_size=lambda model: (int(model.patch_size),) * 2,
+    ),
+    ComfyFamily(
+        name="Qwen-Image",
+        diffusion_model_classes=("QwenImageTransformer2DModel",),
+        layers=qwen_image_layers,
+        patch_size=lambda model: (1, int(model.patch_size), int(model.patch_size)),  # latents (B, C, 1, H, W)
     ),
     ComfyFamily(
         name="Wan 2.x",

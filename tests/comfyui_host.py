@@ -89,6 +89,16 @@ FLUX = dict(
     txt_ids_dims=[],
 )
 
+CHROMA = dict(  # Flux's blocks without guidance or pooled text; its modulations come from an approximator
+    {key: value for key, value in FLUX.items() if key != "guidance_embed"},
+    image_model="chroma",
+    in_channels=64,  # Chroma's config counts patchified channels
+    out_channels=64,
+    in_dim=64,
+    out_dim=64,
+    hidden_dim=32,
+    n_layers=1,
+)
 SD3 = dict(  # an SD3.5-style MMDiT: RMS query norm, a second image-only attention in every block
     in_channels=16,
     out_channels=16,
@@ -184,6 +194,10 @@ def sd3_conditioning(seed: int):
         ]
 
     return one(), one()
+
+
+def tiny_chroma(comfy, seed: int = 0):
+    return patcher(comfy, comfy.supported_models.Chroma, CHROMA, seed)
 
 
 def tiny_qwen_image(comfy, seed: int = 0):

@@ -19,6 +19,7 @@ from comfyui_host import (
     sample,
     sd3_conditioning,
     sdxl_conditioning,
+    tiny_chroma,
     tiny_flux,
     tiny_qwen_image,
     tiny_sd3,
@@ -243,6 +244,17 @@ def test_flux_node_matches_the_reference(comfy, node, layers, blocks, cfg):
     plain = sample(comfy, model, positive, negative, latent, cfg)
     ours = sample(comfy, apply_node(node, model, blur_sigma=1.0, layers=layers), positive, negative, latent, cfg)
     reference = reference_hooked_model(comfy, model, 3.0, flux_targets(blocks), (5, 7), 1.0)
+    assert_matches(ours, sample(comfy, reference, positive, negative, latent, cfg), plain)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 4.0])
+def test_chroma_node_matches_the_reference(comfy, node, cfg):
+    model = tiny_chroma(comfy)
+    latent = torch.zeros(1, 16, 10, 14)
+    positive, negative = flux_conditioning(11)
+    plain = sample(comfy, model, positive, negative, latent, cfg)
+    ours = sample(comfy, apply_node(node, model, blur_sigma=2.0), positive, negative, latent, cfg)
+    reference = reference_hooked_model(comfy, model, 3.0, flux_targets(["single_blocks.0"]), (5, 7), 2.0)
     assert_matches(ours, sample(comfy, reference, positive, negative, latent, cfg), plain)
 
 

@@ -142,6 +142,57 @@ WAN = dict(
     eps=1e-6,
 )
 
+HUNYUAN_VIDEO = dict(
+    image_model="hunyuan_video",
+    in_channels=16,
+    out_channels=16,
+    vec_in_dim=32,
+    context_in_dim=32,
+    hidden_size=64,
+    mlp_ratio=2.0,
+    num_heads=2,
+    depth=2,
+    depth_single_blocks=2,
+    axes_dim=[8, 12, 12],
+    theta=256,
+    patch_size=[1, 2, 2],
+    qkv_bias=True,
+    guidance_embed=True,
+    byt5=False,
+    meanflow=False,
+    use_cond_type_embedding=False,
+    vision_in_dim=None,
+    meanflow_sum=False,
+)
+LTX_VIDEO = dict(
+    image_model="ltxv",
+    in_channels=128,
+    cross_attention_dim=64,
+    attention_head_dim=32,
+    num_attention_heads=2,
+    caption_channels=32,
+    num_layers=3,
+)
+MOCHI = dict(  # ComfyUI's Mochi asserts the real visual width (1536, MLP ratio 8); two blocks keep it small
+    image_model="mochi_preview",
+    patch_size=2,
+    in_channels=12,
+    hidden_size_x=1536,
+    hidden_size_y=32,
+    depth=2,
+    num_heads=12,
+    mlp_ratio_x=8.0,
+    mlp_ratio_y=2.0,
+    use_t5=True,
+    t5_feat_dim=32,
+    t5_token_length=16,
+    learn_sigma=False,
+    timestep_scale=1000.0,
+    qk_norm=True,
+    qkv_bias=False,
+    out_bias=True,
+)
+
 
 def fill_random(model: torch.nn.Module, seed: int, query_key_gain: float = 8.0, value_gain: float = 2.0) -> None:
     """Random weights; norms near 1; attention weights scaled up so that blurring queries matters."""
@@ -208,9 +259,38 @@ def tiny_wan(comfy, seed: int = 0):
     return patcher(comfy, comfy.supported_models.WAN21_T2V, WAN, seed)
 
 
-def wan_conditioning(seed: int):
+def tiny_hunyuan_video(comfy, seed: int = 0):
+    return patcher(comfy, comfy.supported_models.HunyuanVideo, HUNYUAN_VIDEO, seed)
+
+
+def tiny_ltx_video(comfy, seed: int = 0):
+    return patcher(comfy, comfy.supported_models.LTXV, LTX_VIDEO, seed)
+
+
+def tiny_mochi(comfy, seed: int = 0):
+    return patcher(comfy, comfy.supported_models.GenmoMochi, MOCHI, seed)
+
+
+def text_conditioning(seed: int, tokens: int = 16, extra=lambda generator: {}):
+    """(positive, negative) of random text embeddings (1, tokens, 32) and ``extra(generator)`` entries."""
     generator = torch.Generator().manual_seed(seed)
-    return [[torch.randn(1, 16, 32, generator=generator), {}]], [[torch.randn(1, 16, 32, generator=generator), {}]]
+
+    def one():
+        return [[torch.randn(1, tokens, 32, generator=generator), extra(generator)]]
+
+    return one(), one()
+
+
+def wan_conditioning(seed: int):
+    return text_conditioning(seed)
+
+
+def masked_text_conditioning(seed: int):  # LTX-Video and Mochi take the text's attention mask
+    return text_conditioning(seed, extra=lambda generator: {"attention_mask": torch.ones(1, 16, dtype=torch.long)})
+
+
+def hunyuan_video_conditioning(seed: int):
+    return text_conditioning(seed, 7, lambda generator: {"pooled_output": torch.randn(1, 32, generator=generator)})
 
 
 def sdxl_conditioning(seed: int, height: int, width: int):

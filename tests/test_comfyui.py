@@ -15,12 +15,17 @@ import torch
 
 from comfyui_host import (
     flux_conditioning,
+    hunyuan_video_conditioning,
     import_comfy,
+    masked_text_conditioning,
     sample,
     sd3_conditioning,
     sdxl_conditioning,
     tiny_chroma,
     tiny_flux,
+    tiny_hunyuan_video,
+    tiny_ltx_video,
+    tiny_mochi,
     tiny_qwen_image,
     tiny_sd3,
     tiny_sdxl,
@@ -309,18 +314,45 @@ def test_qwen_image_node_blurs_only_the_generated_images_tokens(comfy, node, ref
     assert_matches(ours, sample(comfy, reference, positive, negative, latent, cfg), plain)
 
 
-# Wan (video) -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("sigma", "temporal"), [(1.0, 1.0), (2.0, 0.0), (10000.0, 10000.0)])
-@pytest.mark.parametrize("cfg", [5.0, 1.0])
-def test_wan_node_matches_the_video_reference(comfy, node, sigma, temporal, cfg):
-    model = tiny_wan(comfy)
-    latent = torch.zeros(1, 16, 3, 10, 13)  # 3 latent frames of 5 × 7 tokens (13 padded to 14)
-    positive, negative = wan_conditioning(6)
+# Video: Wan, HunyuanVideo, LTX-Video, Mochi ------------------------------------------------------------------
+VIDEO = {  # builder, conditioning, latent (B, C, T, H, W), reference targets, token grid (t, h, w)
+    "wan": (tiny_wan, wan_conditioning, (1, 16, 3, 10, 13), [("blocks.1.self_attn.norm_q", 0, 1)], (3, 5, 7)),
+    "hunyuanvideo": (  # ComfyUI's HunyuanVideo needs even latent sides; its single blocks are [video, text]
+        tiny_hunyuan_video,
+        hunyuan_video_conditioning,
+        (1, 16, 3, 10, 14),
+        [("single_blocks.0.norm.query_norm", 0, 2)],
+        (3, 5, 7),
+    ),
+    "ltx-video": (
+        tiny_ltx_video,
+        masked_text_conditioning,
+        (1, 128, 3, 5, 7),
+        [("transformer_blocks.1.attn1.q_norm", 0, 1)],
+        (3, 5, 7),
+    ),
+    "mochi": (tiny_mochi, masked_text_conditioning, (1, 12, 3, 10, 14), [("blocks.1.attn.q_norm_x", 0, 1)], (3, 5, 7)),
+}
+VIDEO_CASES = [
+    *[
+        ("wan", sigma, temporal, cfg)
+        for sigma, temporal in [(1.0, 1.0), (2.0, 0.0), (10000.0, 10000.0)]
+        for cfg in (5, 1)
+    ],
+    *[(family, 1.0, 1.0, cfg) for family in ("hunyuanvideo", "ltx-video", "mochi") for cfg in (5, 1)],
+]
+
+
+@pytest.mark.parametrize(("family", "sigma", "temporal", "cfg"), VIDEO_CASES)
+def test_video_node_matches_the_video_reference(comfy, node, family, sigma, temporal, cfg):
+    build, conditioning, shape, targets, grid = VIDEO[family]
+    model = build(comfy)
+    latent = torch.zeros(shape)
+    positive, negative = conditioning(6)
     plain = sample(comfy, model, positive, negative, latent, cfg)
     patched = apply_node(node, model, blur_sigma=sigma, temporal_sigma=temporal)
     ours = sample(comfy, patched, positive, negative, latent, cfg)
-    targets = [("blocks.1.self_attn.norm_q", 0, 1)]
-    reference = reference_hooked_model(comfy, model, 3.0, targets, (3, 5, 7), sigma, temporal)
+    reference = reference_hooked_model(comfy, model, 3.0, targets, grid, sigma, temporal)
     assert_matches(ours, sample(comfy, reference, positive, negative, latent, cfg), plain)
 
 

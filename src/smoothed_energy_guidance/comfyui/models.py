@@ -82,19 +82,29 @@ def flux_inventory(model: nn.Module) -> BlockInventory:
     )
 
 
-def flux_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLayer, ...]:
-    """Double blocks: the image stream's query norm (image tokens first, then any reference images); single
-    blocks: the joint query norm (text tokens first). Default: the middle block of both stacks together."""
-    inventory = flux_inventory(model)
-    names = resolve_block_layers(specs if specs is not None else inventory.default_layers(), inventory)
-    modules = dict(model.named_modules())
-    layers = []
-    for name in names:
-        if name.startswith("double_blocks."):
-            layers.append(QueryLayer(name, modules[f"{name}.img_attn.norm.query_norm"], TokenLayout.IMAGE_FIRST, 2))
-        else:
-            layers.append(QueryLayer(name, modules[f"{name}.norm.query_norm"], TokenLayout.TEXT_FIRST, 2))
-    return tuple(layers)
+def double_single_layers(single_layout: TokenLayout):
+    """Flux-style stacks: double blocks' image-stream query norm (image tokens first, then any reference
+    images); single blocks' joint query norm, laid out as ``single_layout``. Default: the middle block of both
+    stacks together."""
+
+    def layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLayer, ...]:
+        inventory = flux_inventory(model)
+        names = resolve_block_layers(specs if specs is not None else inventory.default_layers(), inventory)
+        modules = dict(model.named_modules())
+        found = []
+        for name in names:
+            if name.startswith("double_blocks."):
+                query = modules[f"{name}.img_attn.norm.query_norm"]
+                found.append(QueryLayer(name, query, TokenLayout.IMAGE_FIRST, 2))
+            else:
+                found.append(QueryLayer(name, modules[f"{name}.norm.query_norm"], single_layout, 2))
+        return tuple(found)
+
+    return layers
+
+
+flux_layers = double_single_layers(TokenLayout.TEXT_FIRST)  # single blocks: [text, image, reference images]
+hunyuan_video_layers = double_single_layers(TokenLayout.IMAGE_FIRST)  # single blocks: [video, text]
 
 
 def stack_inventory(model: nn.Module, path: str = "blocks", spec: str = "blocks") -> BlockInventory:
@@ -141,6 +151,20 @@ def qwen_image_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[Qu
     )
 
 
+def ltx_video_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLayer, ...]:
+    """LTX-Video: each block's self-attention queries after ``q_norm`` (before RoPE), video tokens only."""
+    inventory = stack_inventory(model, "transformer_blocks")
+    names = resolve_block_layers(specs if specs is not None else inventory.default_layers(), inventory)
+    return tuple(QueryLayer(name, model.get_submodule(f"{name}.attn1.q_norm")) for name in names)
+
+
+def mochi_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLayer, ...]:
+    """Mochi: each block's visual-stream queries after ``q_norm_x`` (before RoPE)."""
+    inventory = stack_inventory(model)
+    names = resolve_block_layers(specs if specs is not None else inventory.default_layers(), inventory)
+    return tuple(QueryLayer(name, model.get_submodule(f"{name}.attn.q_norm_x")) for name in names)
+
+
 FAMILIES = (
     ComfyFamily(
         name="Stable Diffusion 1.x/2.x/XL (UNet)",
@@ -171,6 +195,27 @@ FAMILIES = (
         diffusion_model_classes=("WanModel",),
         layers=wan_layers,
         patch_size=lambda model: tuple(int(side) for side in model.patch_size),
+        video=True,
+    ),
+    ComfyFamily(
+        name="HunyuanVideo",
+        diffusion_model_classes=("HunyuanVideo",),
+        layers=hunyuan_video_layers,
+        patch_size=lambda model: tuple(int(side) for side in model.patch_size),
+        video=True,
+    ),
+    ComfyFamily(
+        name="LTX-Video",
+        diffusion_model_classes=("LTXVModel",),
+        layers=ltx_video_layers,
+        patch_size=lambda model: tuple(int(side) for side in model.patchifier.patch_size),
+        video=True,
+    ),
+    ComfyFamily(
+        name="Mochi",
+        diffusion_model_classes=("AsymmDiTJoint",),
+        layers=mochi_layers,
+        patch_size=lambda model: (1, int(model.patch_size), int(model.patch_size)),
         video=True,
     ),
 )

@@ -124,6 +124,40 @@ QWEN_IMAGE = dict(
     joint_attention_dim=32,
     axes_dims_rope=(8, 12, 12),
 )
+PIXART = dict(
+    image_model="pixart_sigma",
+    input_size=16,
+    patch_size=2,
+    in_channels=4,
+    hidden_size=64,
+    depth=3,
+    num_heads=2,
+    mlp_ratio=2.0,
+    pred_sigma=True,
+    learn_sigma=True,
+    caption_channels=32,
+    model_max_length=16,
+    micro_condition=False,
+    pe_interpolation=1.0,
+)
+HUNYUAN_DIT = dict(
+    image_model="hydit",
+    input_size=16,
+    patch_size=2,
+    in_channels=4,
+    hidden_size=64,
+    depth=4,
+    num_heads=2,
+    mlp_ratio=2.0,
+    text_states_dim=32,
+    text_states_dim_t5=32,
+    text_len=8,
+    text_len_t5=8,
+    qk_norm=True,
+    size_cond=False,
+    use_style_cond=False,
+    learn_sigma=True,
+)
 WAN = dict(
     image_model="wan2.1",
     model_type="t2v",
@@ -255,6 +289,14 @@ def tiny_qwen_image(comfy, seed: int = 0):
     return patcher(comfy, comfy.supported_models.QwenImage, QWEN_IMAGE, seed)
 
 
+def tiny_pixart(comfy, seed: int = 0):
+    return patcher(comfy, comfy.supported_models.PixArtSigma, PIXART, seed)
+
+
+def tiny_hunyuan_dit(comfy, seed: int = 0):
+    return patcher(comfy, comfy.supported_models.HunyuanDiT, HUNYUAN_DIT, seed)
+
+
 def tiny_wan(comfy, seed: int = 0):
     return patcher(comfy, comfy.supported_models.WAN21_T2V, WAN, seed)
 
@@ -287,6 +329,15 @@ def wan_conditioning(seed: int):
 
 def masked_text_conditioning(seed: int):  # LTX-Video and Mochi take the text's attention mask
     return text_conditioning(seed, extra=lambda generator: {"attention_mask": torch.ones(1, 16, dtype=torch.long)})
+
+
+def hunyuan_dit_conditioning(seed: int):  # a CLIP-like and an mT5 text, each with its mask
+    def extra(generator):
+        mask = torch.ones(1, 8, dtype=torch.long)
+        t5 = torch.randn(1, 8, 32, generator=generator)
+        return {"conditioning_mt5xl": t5, "attention_mask": mask, "attention_mask_mt5xl": mask}
+
+    return text_conditioning(seed, 8, extra)
 
 
 def hunyuan_video_conditioning(seed: int):

@@ -15,17 +15,21 @@ import torch
 
 from comfyui_host import (
     flux_conditioning,
+    hunyuan_dit_conditioning,
     hunyuan_video_conditioning,
     import_comfy,
     masked_text_conditioning,
     sample,
     sd3_conditioning,
     sdxl_conditioning,
+    text_conditioning,
     tiny_chroma,
     tiny_flux,
+    tiny_hunyuan_dit,
     tiny_hunyuan_video,
     tiny_ltx_video,
     tiny_mochi,
+    tiny_pixart,
     tiny_qwen_image,
     tiny_sd3,
     tiny_sdxl,
@@ -263,6 +267,21 @@ def test_chroma_node_matches_the_reference(comfy, node, cfg):
     assert_matches(ours, sample(comfy, reference, positive, negative, latent, cfg), plain)
 
 
+@pytest.mark.parametrize("layers", ["", "double.0"])
+def test_flux_kontext_blurs_only_the_generated_images_tokens(comfy, node, layers):
+    """Kontext appends a reference image's tokens after the generated image's: they stay unblurred."""
+    model = tiny_flux(comfy)
+    latent = torch.zeros(1, 16, 10, 14)
+    positive, negative = flux_conditioning(13)
+    edit = torch.randn(1, 16, 8, 6, generator=torch.Generator().manual_seed(14))  # 12 more image tokens
+    positive = [[text, {**extra, "reference_latents": [edit]}] for text, extra in positive]
+    plain = sample(comfy, model, positive, negative, latent, 1.0)
+    ours = sample(comfy, apply_node(node, model, blur_sigma=1.0, layers=layers), positive, negative, latent, 1.0)
+    blocks = ["single_blocks.0"] if not layers else ["double_blocks.0"]
+    reference = reference_hooked_model(comfy, model, 3.0, flux_targets(blocks), (5, 7), 1.0)
+    assert_matches(ours, sample(comfy, reference, positive, negative, latent, 1.0), plain)
+
+
 def test_flux_odd_latent_uses_comfyuis_padded_token_grid(comfy, node):
     model = tiny_flux(comfy)
     latent = torch.zeros(1, 16, 11, 13)  # padded to 12 × 14: 6 × 7 tokens
@@ -311,6 +330,33 @@ def test_qwen_image_node_blurs_only_the_generated_images_tokens(comfy, node, ref
     ours = sample(comfy, apply_node(node, model, blur_sigma=1.0), positive, negative, latent, cfg)
     targets = [("transformer_blocks.1.attn.norm_q", 0, 2)]
     reference = reference_hooked_model(comfy, model, 3.0, targets, (5, 7), 1.0)
+    assert_matches(ours, sample(comfy, reference, positive, negative, latent, cfg), plain)
+
+
+# PixArt and HunyuanDiT ------------------------------------------------------------------------------------------
+IMAGE = {  # builder, conditioning, latent, reference targets, token grid
+    # ComfyUI's PixArt needs even latent sides and about 32 latent pixels (its position table's base size)
+    "pixart": (tiny_pixart, text_conditioning, (1, 4, 32, 38), [("blocks.1.attn.q_norm", 0, 1)], (16, 19)),
+    "hunyuandit": (
+        tiny_hunyuan_dit,
+        hunyuan_dit_conditioning,
+        (1, 4, 10, 14),
+        [("blocks.2.attn1.q_norm", 0, 2)],
+        (5, 7),
+    ),
+}
+
+
+@pytest.mark.parametrize("cfg", [4.0, 1.0])
+@pytest.mark.parametrize("family", list(IMAGE))
+def test_image_dit_node_matches_the_reference(comfy, node, family, cfg):
+    build, conditioning, shape, targets, grid = IMAGE[family]
+    model = build(comfy)
+    latent = torch.zeros(shape)
+    positive, negative = conditioning(12)
+    plain = sample(comfy, model, positive, negative, latent, cfg)
+    ours = sample(comfy, apply_node(node, model, blur_sigma=2.0), positive, negative, latent, cfg)
+    reference = reference_hooked_model(comfy, model, 3.0, targets, grid, 2.0)
     assert_matches(ours, sample(comfy, reference, positive, negative, latent, cfg), plain)
 
 

@@ -112,13 +112,6 @@ def stack_inventory(model: nn.Module, path: str = "blocks", spec: str = "blocks"
     return BlockInventory({spec: tuple((f"{path}.{i}", (f"{path}.{i}",)) for i in range(len(getattr(model, path))))})
 
 
-def wan_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLayer, ...]:
-    """Wan: each block's self-attention queries after ``norm_q`` (before RoPE), video tokens only."""
-    inventory = stack_inventory(model)
-    names = resolve_block_layers(specs if specs is not None else inventory.default_layers(), inventory)
-    return tuple(QueryLayer(name, model.get_submodule(f"{name}.self_attn.norm_q")) for name in names)
-
-
 def sd3_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLayer, ...]:
     """SD3 / SD3.5: each joint block's image-stream attention (and SD3.5's second one) after ``ln_q``."""
     blocks = model.joint_blocks
@@ -141,28 +134,24 @@ def sd3_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLaye
     return tuple(QueryLayer(name, model.get_submodule(f"{name}.ln_q")) for name in names)
 
 
-def qwen_image_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLayer, ...]:
-    """Qwen-Image: each block's image-stream queries after ``norm_q`` (before RoPE); reference-image tokens
-    (edit) follow the generated image's and stay unblurred."""
-    inventory = stack_inventory(model, "transformer_blocks")
-    names = resolve_block_layers(specs if specs is not None else inventory.default_layers(), inventory)
-    return tuple(
-        QueryLayer(name, model.get_submodule(f"{name}.attn.norm_q"), TokenLayout.IMAGE_FIRST, 2) for name in names
-    )
+def stack_layers(path: str, query: str, layout: TokenLayout = TokenLayout.IMAGE_ONLY, token_dim: int = 1):
+    """One block stack at ``path``; each block's queries come out of its submodule ``query``. Default: the middle
+    block."""
+
+    def layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLayer, ...]:
+        inventory = stack_inventory(model, path)
+        names = resolve_block_layers(specs if specs is not None else inventory.default_layers(), inventory)
+        return tuple(QueryLayer(name, model.get_submodule(f"{name}.{query}"), layout, token_dim) for name in names)
+
+    return layers
 
 
-def ltx_video_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLayer, ...]:
-    """LTX-Video: each block's self-attention queries after ``q_norm`` (before RoPE), video tokens only."""
-    inventory = stack_inventory(model, "transformer_blocks")
-    names = resolve_block_layers(specs if specs is not None else inventory.default_layers(), inventory)
-    return tuple(QueryLayer(name, model.get_submodule(f"{name}.attn1.q_norm")) for name in names)
-
-
-def mochi_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLayer, ...]:
-    """Mochi: each block's visual-stream queries after ``q_norm_x`` (before RoPE)."""
-    inventory = stack_inventory(model)
-    names = resolve_block_layers(specs if specs is not None else inventory.default_layers(), inventory)
-    return tuple(QueryLayer(name, model.get_submodule(f"{name}.attn.q_norm_x")) for name in names)
+# Wan, LTX-Video and Mochi: each block's video queries after the query norm (before RoPE). Qwen-Image: the image
+# stream's queries; an edit's reference-image tokens follow the generated image's and stay unblurred.
+wan_layers = stack_layers("blocks", "self_attn.norm_q")
+ltx_video_layers = stack_layers("transformer_blocks", "attn1.q_norm")
+mochi_layers = stack_layers("blocks", "attn.q_norm_x")
+qwen_image_layers = stack_layers("transformer_blocks", "attn.norm_q", TokenLayout.IMAGE_FIRST, 2)
 
 
 FAMILIES = (
@@ -189,6 +178,18 @@ FAMILIES = (
         diffusion_model_classes=("QwenImageTransformer2DModel",),
         layers=qwen_image_layers,
         patch_size=lambda model: (1, int(model.patch_size), int(model.patch_size)),  # latents (B, C, 1, H, W)
+    ),
+    ComfyFamily(
+        name="PixArt-α/Σ",
+        diffusion_model_classes=("PixArtMS",),
+        layers=stack_layers("blocks", "attn.q_norm"),  # an identity unless the model norms its queries
+        patch_size=lambda model: (int(model.patch_size),) * 2,
+    ),
+    ComfyFamily(
+        name="HunyuanDiT",
+        diffusion_model_classes=("HunYuanDiT",),
+        layers=stack_layers("blocks", "attn1.q_norm", token_dim=2),  # after the query norm, before RoPE
+        patch_size=lambda model: (int(model.patch_size),) * 2,
     ),
     ComfyFamily(
         name="Wan 2.x",

@@ -6,6 +6,7 @@ initialisation, so every parameter is filled here).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -24,6 +25,20 @@ def comfyui_path() -> Path | None:
         if candidate and (Path(candidate) / "comfy" / "sample.py").is_file():
             return Path(candidate).resolve()
     return None
+
+
+@contextlib.contextmanager
+def comfy_session():
+    """ComfyUI imported for a test module; afterwards ComfyUI and the torchvision stand-in leave ``sys.path`` (and
+    the stand-in ``sys.modules``), so later tests see the environment as it was (diffusers must not find it)."""
+    saved_path = list(sys.path)
+    try:
+        yield import_comfy()
+    finally:
+        sys.path[:] = saved_path
+        for name in [name for name in sys.modules if name == "torchvision" or name.startswith("torchvision.")]:
+            if str(SUPPORT) in (getattr(sys.modules[name], "__file__", "") or ""):
+                del sys.modules[name]
 
 
 def import_comfy():

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from comfyui_host import (
+    comfy_session,
     flux_conditioning,
     hunyuan_dit_conditioning,
     hunyuan_video_conditioning,
-    import_comfy,
     masked_text_conditioning,
     sample,
     sd3_conditioning,
@@ -44,7 +44,8 @@ MIN_EFFECT = 100 * TOLERANCE
 
 @pytest.fixture(scope="module")
 def comfy():
-    return import_comfy()
+    with comfy_session() as comfy:
+        yield comfy
 
 
 @pytest.fixture(scope="module")

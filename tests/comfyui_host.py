@@ -51,6 +51,11 @@ def import_comfy():
     if missing:
         pytest.skip(f"ComfyUI's requirements are not installed here (missing: {', '.join(missing)})")
     if importlib.util.find_spec("torchvision") is None:
+        # diffusers and transformers decide once, on import, whether torchvision exists: let them decide before
+        # the stand-in appears, so their pipelines in the same process never take it for the real one
+        import diffusers  # noqa: F401
+        import transformers  # noqa: F401
+
         sys.path.insert(0, str(SUPPORT))
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))

@@ -171,3 +171,25 @@ def test_the_server_lists_the_node_and_runs_a_workflow_with_it(server):
     assert json.loads(image.text["workflow"])["nodes"] == 6
     difference = np.abs(np.asarray(image, dtype=float) - np.asarray(saved_image(base, without), dtype=float))
     assert difference.max() > 0  # SEG changed the picture
+
+
+MODEL_FILE_INPUTS = {"ckpt_name", "unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name"}
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "example_workflows").glob("*.json")))
+def test_example_workflows_are_valid_for_comfyui_but_for_the_model_files(server, example):
+    """Every node and input of the shipped examples is one ComfyUI knows; only the model files are missing here."""
+    port, _ = server
+    prompt = json.loads((ROOT / "example_workflows" / example).read_text())
+    assert any(node["class_type"] == "SmoothedEnergyGuidance" for node in prompt.values())
+    with pytest.raises(AssertionError, match="HTTP 400") as refused:
+        request(port, "/prompt", {"prompt": prompt})
+    reply = json.loads(str(refused.value).split("HTTP 400: ", 1)[1])
+    problems = [
+        (node_id, error["type"], error["extra_info"].get("input_name"))
+        for node_id, node in reply["node_errors"].items()
+        for error in node["errors"]
+    ]
+    assert problems, reply
+    for node_id, kind, input_name in problems:
+        assert kind == "value_not_in_list" and input_name in MODEL_FILE_INPUTS, (node_id, kind, input_name, reply)

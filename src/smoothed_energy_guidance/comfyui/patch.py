@@ -10,6 +10,7 @@ predictions; SEG's combination has weights that sum to 1, so it is the same ther
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,11 +79,17 @@ class SegPatch:
         self.layers = None if layers is None else tuple(layers)
         self.sigma_start = sigma_start
         self.sigma_end = sigma_end
+        # the last model's family and layers, so that each step does not search the model again
+        self._resolved: tuple[weakref.ref, ComfyFamily, tuple[QueryLayer, ...]] | None = None
 
     def resolve(self, diffusion_model: nn.Module, model_name: str) -> tuple[ComfyFamily, tuple[QueryLayer, ...]]:
         """The model's family and the layers SEG blurs (raises on an unknown family or layer spec)."""
+        if self._resolved is not None and self._resolved[0]() is diffusion_model:
+            return self._resolved[1], self._resolved[2]
         family = comfy_family(diffusion_model, model_name)
-        return family, family.layers(diffusion_model, self.layers)
+        layers = family.layers(diffusion_model, self.layers)
+        self._resolved = (weakref.ref(diffusion_model), family, layers)
+        return family, layers
 
     def active_at(self, sigma: torch.Tensor) -> bool:
         value = float(sigma.flatten()[0])

@@ -90,6 +90,23 @@ SDXL_UNET = dict(
     use_temporal_attention=False,
     image_size=32,
 )
+SD15_UNET = dict(  # SD 1.x layout: attention at every level, no pooled conditioning, 8 heads
+    model_channels=32,
+    in_channels=4,
+    out_channels=4,
+    num_res_blocks=[1, 1],
+    channel_mult=[1, 2],
+    transformer_depth=[1, 1],
+    transformer_depth_output=[1, 1, 1, 1],
+    transformer_depth_middle=1,
+    context_dim=32,
+    use_linear_in_transformer=False,
+    adm_in_channels=None,
+    use_spatial_transformer=True,
+    legacy=False,
+    use_temporal_attention=False,
+    image_size=32,
+)
 FLUX = dict(
     image_model="flux",
     guidance_embed=True,
@@ -280,6 +297,10 @@ def patcher(comfy, config_class, unet_config: dict, seed: int):
 
 def tiny_sdxl(comfy, seed: int = 0):
     return patcher(comfy, comfy.supported_models.SDXL, SDXL_UNET, seed)
+
+
+def tiny_sd15(comfy, seed: int = 0):
+    return patcher(comfy, comfy.supported_models.SD15, SD15_UNET, seed)
 
 
 def tiny_flux(comfy, seed: int = 0):

@@ -32,6 +32,7 @@ from comfyui_host import (
     tiny_pixart,
     tiny_qwen_image,
     tiny_sd3,
+    tiny_sd15,
     tiny_sdxl,
     tiny_wan,
     wan_conditioning,
@@ -189,6 +190,17 @@ def test_sdxl_node_matches_the_reference_on_a_wide_odd_grid(comfy, node, cfg, si
     plain = sample(comfy, model, positive, negative, latent, cfg)
     ours = sample(comfy, apply_node(node, model, scale=3.0, blur_sigma=sigma), positive, negative, latent, cfg)
     reference = sample(comfy, reference_unet_model(comfy, model, 3.0, sigma), positive, negative, latent, cfg)
+    assert_matches(ours, reference, plain)
+
+
+@pytest.mark.parametrize("cfg", [5.0, 1.0])
+def test_sd15_node_matches_the_reference(comfy, node, cfg):
+    model = tiny_sd15(comfy)
+    latent = torch.zeros(1, 4, 13, 21)  # mid level 7 × 11
+    positive, negative = text_conditioning(15)
+    plain = sample(comfy, model, positive, negative, latent, cfg)
+    ours = sample(comfy, apply_node(node, model, blur_sigma=2.0), positive, negative, latent, cfg)
+    reference = sample(comfy, reference_unet_model(comfy, model, 3.0, 2.0), positive, negative, latent, cfg)
     assert_matches(ours, reference, plain)
 
 

@@ -1,6 +1,7 @@
 """One model, two hosts, one SEG: the same tiny SDXL weights in diffusers (through the SEG pipeline) and in
 ComfyUI (weights converted with ComfyUI's own key map, SEG by the node's patch) give the same guided prediction
-for one denoiser call (float64 in both, so the tolerance can be tight)."""
+for one denoiser call; the same holds for Flux (weights through ComfyUI's Flux key map, fused QKV included).
+SDXL runs in float64 in both hosts, so the tolerance can be tight; ComfyUI's RoPE kernels keep Flux in float32."""
 
 from __future__ import annotations
 
@@ -116,3 +117,113 @@ def test_diffusers_and_comfyui_give_the_same_seg_prediction(comfy, sigma):
     effect = ((comfy_prediction - plain_prediction).abs().max() / scale).item()
     assert error < 1e-9, f"the two hosts differ by {error:.2e}"
     assert effect > 1e-3, f"SEG moved the prediction by only {effect:.2e}"
+
+
+def diffusers_twin_of_a_comfyui_flux():
+    """diffusers' Flux transformer with the layout of comfyui_host.FLUX (MLP ratio 4, as diffusers' Flux fixes)."""
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,  # 16 latent channels packed 2 × 2, as ComfyUI patchifies them
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=32,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(8, 12, 12),
+    ).eval()
+
+
+def weights_from_comfyui(comfy_weights: dict, key_map: dict, names) -> dict:
+    """diffusers weights from ComfyUI's through its own key map (fused QKV slices, swapped scale / shift)."""
+    weights = {}
+    for name in names:
+        source = key_map[name]
+        if isinstance(source, str):
+            weights[name] = comfy_weights[source]
+        elif source[1] is None:  # (key, None, transform)
+            weights[name] = source[2](comfy_weights[source[0]])
+        else:  # (key, (dim, start, size))
+            dim, start, size = source[1]
+            weights[name] = comfy_weights[source[0]].narrow(dim, start, size)
+    return weights
+
+
+@pytest.mark.parametrize("sigma", [1.0, 10000.0])
+def test_flux_in_diffusers_and_comfyui_gives_the_same_seg_prediction(comfy, sigma):
+    from comfy.utils import flux_to_diffusers
+
+    from comfyui_host import FLUX, patcher
+    from smoothed_energy_guidance import FluxSEGPipeline
+    from smoothed_energy_guidance.comfyui.patch import SegPatch
+    from smoothed_energy_guidance.core.guidance import SegConfig
+    from smoothed_energy_guidance.testing import tiny_flux_components
+
+    config = dict(FLUX, mlp_ratio=4.0)
+    model = patcher(comfy, comfy.supported_models.Flux, config, 6)
+    comfy_flux = model.model.diffusion_model  # float32: ComfyUI's RoPE kernels take no float64
+    transformer = diffusers_twin_of_a_comfyui_flux()
+    names = list(transformer.state_dict())
+    transformer.load_state_dict(weights_from_comfyui(comfy_flux.state_dict(), flux_to_diffusers(config), names))
+
+    components = tiny_flux_components()
+    components["transformer"] = transformer
+    pipe = FluxSEGPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(7)
+    text = torch.randn(1, 7, 32, generator=generator, dtype=torch.float32)
+    pooled = torch.randn(1, 32, generator=generator, dtype=torch.float32)
+    seen, predictions = {}, []
+
+    def record_inputs(module, args, kwargs):  # registered before SEG's hooks: sees the pipeline's own call
+        seen.setdefault("inputs", dict(kwargs))
+
+    handle = transformer.register_forward_pre_hook(record_inputs, with_kwargs=True)
+    step = pipe.scheduler.step
+
+    def record_prediction(model_output, *args, **kwargs):
+        predictions.append(model_output)
+        return step(model_output, *args, **kwargs)
+
+    pipe.scheduler.step = record_prediction
+    height, width = 20, 28  # the tiny VAE halves: latent 10 × 14, 5 × 7 image tokens
+    try:
+        pipe(
+            prompt_embeds=text,
+            pooled_prompt_embeds=pooled,
+            height=height,
+            width=width,
+            num_inference_steps=1,
+            guidance_scale=3.5,
+            seg_scale=3.0,
+            seg_blur_sigma=sigma,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(8),
+        )
+    finally:
+        handle.remove()
+    inputs = seen["inputs"]
+    packed = inputs["hidden_states"]  # (1, 35, 64)
+    latent = packed.reshape(1, 5, 7, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, 10, 14)
+    call = dict(
+        timestep=inputs["timestep"],  # diffusers' t / 1000: ComfyUI's Flux also scales by 1000 inside
+        context=inputs["encoder_hidden_states"],
+        y=inputs["pooled_projections"],
+        guidance=inputs["guidance"],
+    )
+    with torch.no_grad():
+        cond = comfy_flux(latent, **call)
+        seg = SegPatch(SegConfig(scale=3.0, blur_sigma=sigma), None)
+        with seg.perturbing(model.model, latent.shape):
+            perturbed = comfy_flux(latent, **call)
+    comfy_prediction = cond + 3.0 * (cond - perturbed)
+    comfy_packed = comfy_prediction.reshape(1, 16, 5, 2, 7, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, 35, 64)
+    (diffusers_prediction,) = predictions
+    scale = cond.abs().max()
+    error = ((diffusers_prediction - comfy_packed).abs().max() / scale).item()
+    effect = ((comfy_prediction - cond).abs().max() / scale).item()
+    assert error < 1e-5, f"the two hosts differ by {error:.2e}"  # float32 here
+    assert effect > 1e-2, f"SEG moved the prediction by only {effect:.2e}"

@@ -112,3 +112,18 @@ def test_seg_generate_detects_an_animatediff_folder_and_writes_its_clip(pipes, t
     with av.open(mp4) as container:
         decoded = [frame.to_image() for frame in container.decode(video=0)]
     assert len(decoded) == 3 and decoded[0].size == (24, 32) and webp.endswith(".webp")
+
+
+def test_freenoise_split_inference_is_refused_up_front_with_its_name():
+    """Split inference runs each attention on slices of the frames; SEG says so before any step runs."""
+    from diffusers import AnimateDiffPipeline
+
+    parts = animatediff_parts()
+    host = make_pipe(AnimateDiffPipeline, parts)
+    ours = make_pipe(seg.AnimateDiffSEGPipeline, dict(parts, unet=host.unet))
+    ours.enable_free_noise(context_length=8, context_stride=4)
+    ours.enable_free_noise_split_inference(spatial_split_size=2, temporal_split_size=2)
+    steps = []
+    with pytest.raises(ValueError, match="enable_free_noise_split_inference"):
+        ours(**fresh(True), seg_blur_sigma=1.0, callback_on_step_end=lambda *args: steps.append(1) or {})
+    assert steps == [] and no_hooks_left(ours.unet)

@@ -84,3 +84,24 @@ def test_seg_generate_writes_an_mp4_and_webp_with_settings(tmp_path):
             clips.append([frame.to_ndarray(format="rgb24").astype(int) for frame in container.decode(video=0)])
             assert json.loads(container.metadata["comment"])["settings"]["frames"] == 5
     assert abs(clips[0][2] - clips[1][2]).mean() > 1, "the σ columns differ"
+
+
+def test_the_record_holds_the_frames_made_and_the_command_says_it_rounded(tmp_path):
+    from diffusers import WanPipeline
+
+    parts = wan_parts(text_dim=32)
+    tokenizer = tiny_t5_tokenizer()
+    torch.manual_seed(0)
+    parts.update(tokenizer=tokenizer, text_encoder=tiny_t5_encoder(len(tokenizer)))
+    model = tmp_path / "wan"
+    make_pipe(WanPipeline, parts).save_pretrained(model)
+    argv = ["--model", model, "--prompt", "a cube", "--steps", "1", "--width", "32", "--height", "32", "--seed", "1"]
+    result = seg("generate", *argv, "--frames", "8", "--device", "cpu", "--quiet", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "made 9 frames where 8 were asked for" in result.stderr
+    mp4 = result.stdout.split()[0]
+    with av.open(mp4) as container:
+        made = sum(1 for _ in container.decode(video=0))
+        record = json.loads(container.metadata["comment"])
+    assert made == 9 and record["settings"]["frames"] == 9
+    assert json.loads(seg("info", mp4).stdout)["settings"]["frames"] == 9

@@ -358,6 +358,30 @@ def test_hunyuan_video_matches_the_dense_video_reference(sigma, temporal_sigma, 
     check_video(ours, host, call, names, GRID, sigma, temporal_sigma, False, token_dim=1, true_cfg_scale=true_cfg_scale)
 
 
+def test_hunyuan_video_lone_negative_embeddings_run_no_cfg_so_seg_keeps_its_full_scale():
+    """HunyuanVideo runs its CFG call only with negative embeddings *and* their pooled ones: with the first
+    alone there is no CFG (diffusers' output does not change), so SEG must not scale its term by 1/g."""
+    from diffusers import HunyuanVideoPipeline
+
+    parts = hunyuan_video_parts()
+    ours, host = make_pipe(seg.HunyuanVideoSEGPipeline, parts), make_pipe(HunyuanVideoPipeline, parts)
+    g = torch.Generator().manual_seed(2)
+    call = dict(
+        CALL,
+        prompt_embeds=torch.randn(1, 5, 16, generator=g),
+        pooled_prompt_embeds=torch.randn(1, 8, generator=g),
+        prompt_attention_mask=torch.ones(1, 5),
+    )
+    lone = dict(negative_prompt_embeds=torch.randn(1, 5, 16, generator=g), true_cfg_scale=4.0)
+
+    def seeded():
+        return dict(generator=torch.Generator().manual_seed(0), output_type="latent")
+
+    assert torch.equal(host(**call, **lone, **seeded()).frames, host(**call, **seeded()).frames)  # diffusers: no CFG
+    names = ["single_transformer_blocks.0.attn"]
+    check_video(ours, host, {**call, **lone}, names, GRID, 1.0, 1.0, False, token_dim=1, true_cfg_scale=None)
+
+
 @pytest.mark.parametrize("sigma, temporal_sigma", [(1.0, 1.0), (math.inf, math.inf)])
 @pytest.mark.parametrize("cfg", [True, False], ids=["cfg", "no-cfg"])
 def test_mochi_matches_the_dense_video_reference(sigma, temporal_sigma, cfg):

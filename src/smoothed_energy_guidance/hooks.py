@@ -21,6 +21,7 @@ keeps every attention backend and LoRA-wrapped projections working.
 from __future__ import annotations
 
 import contextvars
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .core.context import SegCall, close_call, current_call, open_call
+from .core.context import SegCall, close_call, current_call, forget_call, open_call
 from .core.grids import DenoiserInputs, layer_grid, unet_call_inputs
 from .core.guidance import SegConfig, apply_seg, split_rows
 from .core.tokens import TokenLayout, blur_image_queries
@@ -243,6 +244,7 @@ class SegHooks:
         # The call being served, for code torch.compile traces: dynamo cannot read a ContextVar, but it
         # guards on this attribute (None, or the call), so a compiled graph never serves the wrong call.
         self._published: SegCall | None = None
+        self._opened_in: int | None = None  # the thread serving a call with these hooks now
 
     def __repr__(self) -> str:
         scope = "any caller" if self.scope is None else f"{type(self.scope).__name__} at {id(self.scope):#x}"
@@ -253,6 +255,7 @@ class SegHooks:
         if self._handles or self.plan is None or not self.config.enabled:
             return self  # attached already, or s == 0: nothing may run
         plan = self.plan
+        self._sweep_interrupted()
         self._refuse_stacking()
         make_torch_compile_see_hooks()
         handles = self._handles
@@ -272,6 +275,19 @@ class SegHooks:
             raise
         _ATTACHED.setdefault(plan.denoiser, []).append(self)
         return self
+
+    def _sweep_interrupted(self) -> None:
+        """Remove one-call handles this thread opened and never closed: their call was interrupted by an
+        exception no hook sees (KeyboardInterrupt, SystemExit), and this thread has moved on."""
+        for other in active_seg_hooks(self.plan.denoiser):
+            if other.output.one_call and other._opened_in == threading.get_ident():
+                other.abandon()
+
+    def abandon(self) -> None:
+        """Remove every hook and stop serving this handle's call in this thread (it will not finish)."""
+        forget_call(self)
+        self._opened_in = None
+        self.remove()
 
     def _refuse_stacking(self) -> None:
         """Two handles may share a denoiser only when each is scoped to a different pipeline."""
@@ -320,11 +336,13 @@ class SegHooks:
     def open(self, call: SegCall) -> contextvars.Token:
         """Start serving ``call`` (see :meth:`serving`); pair with :meth:`close`."""
         self._published = call
+        self._opened_in = threading.get_ident()
         return open_call(call)
 
     def close(self, token: contextvars.Token | None) -> None:
         close_call(token)
         self._published = None
+        self._opened_in = None
 
     def serving_call(self) -> SegCall | None:
         """The call this thread serves with these hooks, or None: their hooks stay inert."""
@@ -396,6 +414,11 @@ class AppendPerturbedRows:
             return None  # not a call of this handle's entry point: it runs exactly as without SEG
         plan, config = hooks.plan, hooks.config
         state = serving_call.state
+        if state.call is not None and hooks.output.one_call:
+            # the one call these hooks served never reached its end (interrupted by an exception that no hook
+            # sees, such as KeyboardInterrupt): they serve nothing more, and this call runs plain
+            hooks.abandon()
+            return None
         state.call = None
         state.finished = False
         state.reference_call = False
@@ -495,6 +518,8 @@ class BlurQueries:
 class OutputUnit:
     """What the host gets from a SEG denoiser call: registers the denoiser's output hook(s), by name."""
 
+    one_call = False  # the handle serves one denoiser call and goes with it
+
     def register(self, hooks: SegHooks) -> Handles:
         raise NotImplementedError
 
@@ -550,6 +575,8 @@ class CombinePredictions(OutputUnit):
 class HandOverPerturbed(OutputUnit):
     """For a guider's one perturbed denoiser call: the cond rows go back to the host, the perturbed prediction
     to ``take``; the handle is removed when that call ends, raised or not."""
+
+    one_call = True
 
     def __init__(self, take: Callable[[torch.Tensor], None]) -> None:
         self.take = take

@@ -7,7 +7,7 @@ import json
 import secrets
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,25 @@ SETTING_OPTIONS: dict[str, tuple[str, Any, str]] = {
 }
 
 
+def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` for argparse: its rule reaches the user ("argument --blur-sigma: 'nan': blur sigma must be > 0"),
+    where a plain ValueError would be reported as "invalid parse_sigma value"."""
+    if parse in (str, int, float):
+        return parse
+
+    def checked(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
+
+    checked.__name__ = parse.__name__
+    return checked
+
+
 def _add_setting_options(parser: argparse.ArgumentParser) -> None:
     for option, (field, parse, help_text) in SETTING_OPTIONS.items():
-        parser.add_argument(option, dest=field, type=parse, default=argparse.SUPPRESS, help=help_text)
+        parser.add_argument(option, dest=field, type=_argument_type(parse), default=argparse.SUPPRESS, help=help_text)
     parser.add_argument(
         "--lora",
         dest="loras",
@@ -322,10 +338,35 @@ COMMANDS = {
 }
 
 
+def _signed_values_attached(argv: list[str]) -> list[str]:
+    """``--temporal-sigma -inf`` → ``--temporal-sigma=-inf``: argparse takes a value such as ``-inf`` or ``-nan``
+    for an option of its own and says "expected one argument"; joined, the value reaches its option's check."""
+    joined: list[str] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if token in SETTING_OPTIONS and following is not None and following.startswith("-") and _is_number(following):
+            joined.append(f"{token}={following}")
+            index += 2
+            continue
+        joined.append(token)
+        index += 1
+    return joined
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``seg`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_signed_values_attached(argv))
     args.argv = argv  # recorded beside results (seg eval)
     # the loaders pass torch_dtype on purpose (older diffusers lack its new name); nothing to act on
     warnings.filterwarnings("ignore", message=r".*`torch_dtype` is deprecated", category=FutureWarning)

@@ -258,9 +258,13 @@ def coerce_overrides(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_temporal_sigma(value: str | float) -> float:
-    """σ along time from text: 0 (no temporal blur), a positive number or ``inf``."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
-        return 0.0
-    if isinstance(value, str) and value.strip() in ("0", "0.0"):
-        return 0.0
-    return parse_sigma(value)
+    """σ along time from text: 0 (no temporal blur), a positive number or ``inf`` (the mean over frames)."""
+    if isinstance(value, str) and value.strip() in ("∞", "+∞"):
+        return math.inf
+    try:
+        sigma = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"temporal sigma must be a number, 0 or 'inf', got {value!r}.") from None
+    if math.isnan(sigma) or sigma < 0:
+        raise ValueError(f"temporal sigma must be >= 0 (0: no blur along time; 'inf': the mean), got {value!r}.")
+    return sigma

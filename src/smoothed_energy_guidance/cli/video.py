@@ -3,6 +3,8 @@ same JSON record as a PNG's ``seg-settings`` chunk (MP4: the container's ``comme
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from pathlib import Path
 
 from PIL import Image
@@ -30,12 +32,28 @@ def _write_mp4(frames: list[Image.Image], path: Path, fps: int, comment: str) ->
         container.mux(stream.encode())
 
 
+_TOLD: set[tuple[int, int]] = set()
+
+
+def _tell_rounded(asked: int, made: int) -> None:
+    if (asked, made) not in _TOLD:
+        _TOLD.add((asked, made))
+        print(
+            f"note: the model made {made} frames where {asked} were asked for (it rounds the count).", file=sys.stderr
+        )
+
+
 def save_video(
     frames: list[Image.Image], path: Path, settings: GenerationSettings, extra: dict | None = None
 ) -> list[Path]:
     """Write ``path`` (MP4) and an animated WebP preview beside it, atomically; returns both paths.
 
-    Both carry the settings record (with ``extra``, e.g. a sweep's axes)."""
+    Both carry the settings record (with ``extra``, e.g. a sweep's axes), which holds the frames really made:
+    video pipelines round the count they are asked for (Wan and LTX-Video make 4k + 1 frames, CogVideoX
+    4k + 1 or 8k + 1), and the user is told once when they did."""
+    if settings.frames is not None and len(frames) != settings.frames:
+        _tell_rounded(settings.frames, len(frames))
+        settings = dataclasses.replace(settings, frames=len(frames))
     comment = settings_record(settings, extra)
     preview = path.with_suffix(".webp")
     write_atomically(path, lambda temp: _write_mp4(frames, temp, settings.fps, comment))

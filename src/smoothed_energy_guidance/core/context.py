@@ -60,3 +60,11 @@ def close_call(token: contextvars.Token | None) -> None:
         _CURRENT.reset(token)
     except (RuntimeError, ValueError):  # used already, or opened in another thread / task
         _CURRENT.set(None)
+
+
+def forget_call(hooks: object) -> None:
+    """Stop serving the call of ``hooks`` in this thread / task, if it is the one served now (for a call that was
+    interrupted before its host could close it)."""
+    call = _CURRENT.get()
+    if call is not None and call.hooks is hooks:
+        _CURRENT.set(None)

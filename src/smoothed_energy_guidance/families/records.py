@@ -71,7 +71,8 @@ class Family:
         unbatched_inputs: call arguments without a batch axis (position ids), left alone when rows join.
         timestep_scale: the pipeline passes ``timestep / timestep_scale`` (Flux: 1000).
         cfg: how its pipelines run CFG; ``cfg_argument`` is the argument holding that CFG's scale when it is a
-            separate call, and ``cfg_needs_negative`` whether that CFG also needs a negative prompt.
+            separate call, and ``cfg_negative_inputs`` the call arguments that, as the pipeline itself decides,
+            make that CFG run when its scale is > 1: any one group of them all given (empty: none needed).
         perturbed_rows: where SEG's perturbed rows join a call.
         fork_stacks: every block list in execution order where it differs from ``stacks``.
         output_modules: run on the widened rows after the last block when the rows fork.
@@ -94,7 +95,11 @@ class Family:
     timestep_scale: float = 1.0
     cfg: Cfg = Cfg.BATCHED
     cfg_argument: str = "true_cfg_scale"
-    cfg_needs_negative: bool = True
+    # Flux's, HunyuanVideo's rule: a negative prompt, or negative embeddings together with their pooled ones
+    cfg_negative_inputs: tuple[tuple[str, ...], ...] = (
+        ("negative_prompt",),
+        ("negative_prompt_embeds", "negative_pooled_prompt_embeds"),
+    )
     perturbed_rows: PerturbedRows = PerturbedRows.AFTER_SHARED_PREFIX
     fork_stacks: tuple[str, ...] = ()
     output_modules: tuple[str, ...] = ("norm_out",)
@@ -118,6 +123,12 @@ class Family:
         object.__setattr__(self, "pipeline_prefixes", _frozen(self.pipeline_prefixes))
 
     # what the engine reads ---------------------------------------------------------------------
+    def cfg_negative_given(self, arguments: Mapping[str, Any]) -> bool:
+        """Whether a call's arguments hold what its pipeline needs to run its separate CFG call."""
+        if not self.cfg_negative_inputs:
+            return True
+        return any(all(arguments.get(name) is not None for name in group) for group in self.cfg_negative_inputs)
+
     @property
     def has_pipelines(self) -> bool:
         """Whether ``enable_seg`` and SEG classes drive its classic pipelines (else: the guider only)."""

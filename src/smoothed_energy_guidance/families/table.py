@@ -168,7 +168,7 @@ CHROMA = Family(
     timestep_scale=1000.0,
     cfg=Cfg.SEPARATE_CALL,
     cfg_argument="guidance_scale",  # CFG runs whenever guidance_scale > 1
-    cfg_needs_negative=False,
+    cfg_negative_inputs=(),
     pipelines={
         "chroma": {
             "text2img": task(
@@ -190,6 +190,7 @@ QWEN_IMAGE = Family(
     unbatched_inputs=frozenset({"image_rotary_emb"}),
     timestep_scale=1000.0,
     cfg=Cfg.SEPARATE_CALL,
+    cfg_negative_inputs=(("negative_prompt",), ("negative_prompt_embeds",)),  # Qwen-Image's pipelines' rule
     pipelines={
         "qwen-image": {
             "text2img": task(
@@ -267,7 +268,7 @@ WAN = Family(
     perturbed_rows=AT_INPUT,  # its output modulation and unpatchify use pre-block tensors
     cfg=Cfg.SEPARATE_CALL,
     cfg_argument="guidance_scale",
-    cfg_needs_negative=False,
+    cfg_negative_inputs=(),
     pipelines={
         "wan": {
             "text2img": task(

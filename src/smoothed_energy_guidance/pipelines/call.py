@@ -63,11 +63,10 @@ class SegCallMixin:
     ``__call__`` shows the host's own signature and docstring, followed by the ``seg_*`` ones.
     """
 
-    # Pipelines that run CFG as separate cond / uncond calls: the argument holding its scale, and
-    # whether CFG also needs a negative prompt (Flux, Qwen-Image) or runs whenever the scale is > 1 (Chroma);
-    # each SEG class takes them from its family's record.
+    # Pipelines that run CFG as separate cond / uncond calls: the argument holding its scale; each SEG class
+    # takes it and its family (whose record says which negative inputs make that CFG run) from the table.
     true_cfg_argument = "true_cfg_scale"
-    true_cfg_needs_negative = True
+    family = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -75,7 +74,7 @@ class SegCallMixin:
             return  # a subclass that writes its own __call__ keeps it
         family = family_of_seg_class(cls.__name__)
         if family is not None:
-            cls.true_cfg_argument, cls.true_cfg_needs_negative = family.cfg_argument, family.cfg_needs_negative
+            cls.true_cfg_argument, cls.family = family.cfg_argument, family
         host = next(
             base
             for base in cls.__mro__[1:]
@@ -140,5 +139,7 @@ class SegCallMixin:
             return 1.0
         value = kwargs.get(name, defaults[name])
         scale = float(value) if isinstance(value, (int, float)) else 1.0
-        has_negative = kwargs.get("negative_prompt") is not None or kwargs.get("negative_prompt_embeds") is not None
-        return scale if scale > 1 and (has_negative or not self.true_cfg_needs_negative) else 1.0
+        # the pipeline's own rule for running its CFG call (e.g. Flux and HunyuanVideo need negative embeddings
+        # together with their pooled ones; a lone negative_prompt_embeds runs no CFG there)
+        runs_cfg = self.family is None or self.family.cfg_negative_given(kwargs)
+        return scale if scale > 1 and runs_cfg else 1.0

@@ -15,6 +15,7 @@ that lets its hooks act on that denoiser call, and ``cleanup_models`` closes it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +31,11 @@ from ..families import guider_family_names
 from ..hooks import HandOverPerturbed, HostStep, SegHooks
 from .transformer import attach_seg_to_transformer, transformer_family
 from .unet import attach_seg_to_unet
+
+_LAYER_NAMES = ("layers", "seg_guidance_layers", "seg_guidance_config")
+# the names of one setting: diffusers' first, then ours
+_SETTING_NAMES = (("seg_guidance_scale", "scale"), ("seg_blur_sigma", "blur_sigma"), _LAYER_NAMES)
+_UNSET_BY_DEFAULT = {"scale", "blur_sigma", *_LAYER_NAMES}  # None means "not given"
 
 _GUIDER_CALL = HostStep(cfg=False, guidance_scale=1.0, guidance_rescale=0.0, progress=0.0)
 
@@ -75,22 +81,24 @@ class SmoothedEnergyGuidance(BaseGuidance):
         seg_blur_sigma: Gaussian σ over the attention grid; above ``seg_blur_threshold_inf``: uniform queries.
         seg_blur_threshold_inf: σ above this is infinite (9999 as in the official SEG; it may only be raised
             up to the point where this engine's own threshold, 9999, would already blur uniformly).
-        seg_guidance_start, seg_guidance_stop: SEG runs on steps ``i`` with ``start <= i / n < stop``
-            (step 0 included).
+        seg_guidance_start, seg_guidance_stop: SEG runs on steps ``int(start·n) <= i < int(stop·n)``, the
+            rule of every diffusers guider (step 0 included, which diffusers' own SEG guider skips).
         seg_guidance_layers: transformer block indices (ints), as in diffusers.
         seg_guidance_config: diffusers' ``SmoothedEnergyGuidanceConfig`` (or its dict / a list of them):
             ``indices`` of blocks, in the stack named by ``fqn`` (``"auto"``: the model's one stack).
         guidance_rescale: rescale towards the std of the cond prediction (Lin et al. 2023, Sec. 3.4).
         use_original_formulation: CFG as ``cond + g·(cond − uncond)`` instead of ``uncond + g·(cond − uncond)``.
-        start, stop: the fraction of steps during which CFG runs (``start <= i / n < stop``).
+        start, stop: CFG runs on steps ``int(start·n) <= i < int(stop·n)``, as in ``ClassifierFreeGuidance``.
         enabled: False turns all guidance off.
     Our own names, usable instead: ``scale`` (= ``seg_guidance_scale``), ``blur_sigma``
     (= ``seg_blur_sigma``), ``temporal_sigma`` (video: σ along time, 0 by default), ``layers``
     (our grammar: ``["mid"]``, ``"d4-d9"``, ``"blocks.7"``, …;
     default: the family's own default, the mid block for UNets and the middle block for transformers).
 
-    Without CFG the prediction is ``cond + s·(cond − perturbed)``, as in the official SEG pipeline;
-    the perturbed prediction always takes the cond inputs.
+    Every name is the live setting, whichever name set it: assigning ``seg_guidance_scale`` (or ``scale``,
+    ``seg_blur_sigma``, ``layers``, …) takes effect from the next step, and ``new(**overrides)`` applies its
+    overrides under either name. Without CFG the prediction is ``cond + s·(cond − perturbed)``, as in the
+    official SEG pipeline; the perturbed prediction always takes the cond inputs.
     """
 
     _input_predictions = ["pred_cond", "pred_uncond", "pred_cond_seg"]
@@ -120,20 +128,21 @@ class SmoothedEnergyGuidance(BaseGuidance):
         self.guidance_scale = guidance_scale
         self.guidance_rescale = guidance_rescale
         self.use_original_formulation = use_original_formulation
-        sigma = seg_blur_sigma if blur_sigma is None else blur_sigma
-        if INFINITE_SIGMA_THRESHOLD < sigma <= seg_blur_threshold_inf:
-            raise ValueError(
-                f"seg_blur_sigma={sigma} lies between 9999 and seg_blur_threshold_inf={seg_blur_threshold_inf}: a "
-                "finite blur that wide is not offered (the official SEG treats σ > 9999 as uniform queries)."
-            )
-        sigma = math.inf if sigma > seg_blur_threshold_inf else sigma
+        self.seg_blur_threshold_inf = seg_blur_threshold_inf
         self.seg = SegConfig(
             scale=seg_guidance_scale if scale is None else scale,
-            blur_sigma=sigma,
+            blur_sigma=self._uniform_above_threshold(seg_blur_sigma if blur_sigma is None else blur_sigma),
             layers=_layer_specs(layers, seg_guidance_layers, seg_guidance_config),
             start=seg_guidance_start,
             end=seg_guidance_stop,
             temporal_sigma=temporal_sigma,
+        )
+        # one name per setting in the config (diffusers' where it has one), so `new()` and saving see the live value
+        self.register_to_config(
+            seg_guidance_scale=self.seg.scale,
+            scale=None,
+            seg_blur_sigma=seg_blur_sigma if blur_sigma is None else blur_sigma,
+            blur_sigma=None,
         )
         self._hooks: SegHooks | None = None
         self._call_token = None  # the call context opened by prepare_models
@@ -141,22 +150,106 @@ class SmoothedEnergyGuidance(BaseGuidance):
         self._separate_pass = False  # the denoiser cannot take perturbed rows inside the cond call
         self._planned: tuple[list, Any] | None = None  # this step's batch list and a maker of one more batch
 
+    # every configured name is the live setting, whichever name set it ------------------------------------
+    def _uniform_above_threshold(self, sigma: float) -> float:
+        if INFINITE_SIGMA_THRESHOLD < sigma <= self.seg_blur_threshold_inf:
+            raise ValueError(
+                f"seg_blur_sigma={sigma} lies between 9999 and seg_blur_threshold_inf={self.seg_blur_threshold_inf}: "
+                "a finite blur that wide is not offered (the official SEG treats σ > 9999 as uniform queries)."
+            )
+        return math.inf if sigma > self.seg_blur_threshold_inf else sigma
+
+    def _update(self, config: dict[str, Any], **seg_changes: Any) -> None:
+        self.seg = dataclasses.replace(self.seg, **seg_changes)  # validates, as on construction
+        self.register_to_config(**config)
+
+    @property
+    def seg_guidance_scale(self) -> float:
+        """SEG's scale ``s`` (also ``scale``); 0 turns SEG off from the next step on."""
+        return self.seg.scale
+
+    @seg_guidance_scale.setter
+    def seg_guidance_scale(self, value: float) -> None:
+        self._update({"seg_guidance_scale": value, "scale": None}, scale=value)
+
+    scale = seg_guidance_scale
+
+    @property
+    def seg_blur_sigma(self) -> float:
+        """The Gaussian's σ (also ``blur_sigma``); ``inf`` for uniform queries."""
+        return self.seg.blur_sigma
+
+    @seg_blur_sigma.setter
+    def seg_blur_sigma(self, value: float) -> None:
+        self._update({"seg_blur_sigma": value, "blur_sigma": None}, blur_sigma=self._uniform_above_threshold(value))
+
+    blur_sigma = seg_blur_sigma
+
+    @property
+    def seg_guidance_start(self) -> float:
+        return self.seg.start
+
+    @seg_guidance_start.setter
+    def seg_guidance_start(self, value: float) -> None:
+        self._update({"seg_guidance_start": value}, start=value)
+
+    @property
+    def seg_guidance_stop(self) -> float:
+        return self.seg.end
+
+    @seg_guidance_stop.setter
+    def seg_guidance_stop(self, value: float) -> None:
+        self._update({"seg_guidance_stop": value}, end=value)
+
+    @property
+    def temporal_sigma(self) -> float:
+        return self.seg.temporal_sigma
+
+    @temporal_sigma.setter
+    def temporal_sigma(self, value: float) -> None:
+        self._update({"temporal_sigma": value}, temporal_sigma=value)
+
+    def _layer_setting(name: str) -> property:  # noqa: N805 - builds the three layer-choosing properties
+        def get(self: SmoothedEnergyGuidance) -> Any:
+            return self.config.get(name)
+
+        def set_(self: SmoothedEnergyGuidance, value: Any) -> None:
+            chosen = dict.fromkeys(_LAYER_NAMES) | {name: value}
+            self._update(chosen, layers=_layer_specs(**chosen))
+
+        return property(get, set_, doc=f"``{name}`` as configured (setting it replaces the other layer choices).")
+
+    layers = _layer_setting("layers")
+    seg_guidance_layers = _layer_setting("seg_guidance_layers")
+    seg_guidance_config = _layer_setting("seg_guidance_config")
+    del _layer_setting
+
+    def new(self, **kwargs: Any) -> SmoothedEnergyGuidance:
+        """A copy with ``kwargs`` applied; a setting overridden under any of its names replaces the others."""
+        # every stored value is the live one (diffusers would fall back to defaults for names first left unset)
+        config = {name: value for name, value in self.config.items() if name != "_use_default_values"}
+        for names in _SETTING_NAMES:
+            if any(name in kwargs for name in names):
+                config.update({name: None for name in names if name in _UNSET_BY_DEFAULT and name not in kwargs})
+        return self.__class__.from_config(config, **kwargs)
+
     # which predictions this step needs ---------------------------------------------------------
-    def _progress(self) -> float:
+    def _within(self, start: float, stop: float) -> bool:
+        """diffusers' guider window: steps ``int(start·n) <= i < int(stop·n)``; before the loop (no step yet)
+        every window counts as open, as diffusers' guiders count their conditions there."""
         if self._num_inference_steps is None or self._step is None:
-            return 0.0
-        return self._step / self._num_inference_steps
+            return True
+        steps = self._num_inference_steps
+        return int(start * steps) <= self._step < int(stop * steps)
 
     def _is_cfg_enabled(self) -> bool:
-        if not self._enabled:
-            return False
-        if not (self._start <= self._progress() < self._stop):
+        if not self._enabled or not self._within(self._start, self._stop):
             return False
         neutral = 0.0 if self.use_original_formulation else 1.0
         return not math.isclose(self.guidance_scale, neutral)
 
     def _is_seg_enabled(self) -> bool:
-        return self._enabled and self.seg.active_at(self._progress())
+        return self._enabled and self.seg.enabled and self._within(self.seg.start, self.seg.end)
 
     @property
     def num_conditions(self) -> int:
@@ -207,7 +300,9 @@ class SmoothedEnergyGuidance(BaseGuidance):
         if batch == "pred_cond":
             self._pred_perturbed = None
         if self._is_seg_enabled() and batch == ("pred_cond_seg" if self._separate_pass else "pred_cond"):
-            self._hooks = attach_seg_hooks(denoiser, self.seg, self._receive_perturbed, scope=self)
+            # the guider decides the steps itself: its hooks get the settings without a window of their own
+            every_step = dataclasses.replace(self.seg, start=0.0, end=1.0)
+            self._hooks = attach_seg_hooks(denoiser, every_step, self._receive_perturbed, scope=self)
             # the guider's entry point: its hooks act on the denoiser call it prepared, and on no other
             call = self._hooks.new_call(perturb_whole_call=batch == "pred_cond_seg")
             self._call_token = self._hooks.open(call)
@@ -253,6 +348,10 @@ class SmoothedEnergyGuidance(BaseGuidance):
         if self.guidance_rescale > 0.0:
             pred = rescale_noise_cfg(pred, pred_cond, self.guidance_rescale)
         self._pred_perturbed = None
+        if self._num_inference_steps is not None and self._step == self._num_inference_steps - 1:
+            # the run is over: the next run's pipeline counts its conditions before its first step, and must
+            # not see this run's last step (diffusers' own guiders do, and drop the negative prompt there)
+            self._step = self._num_inference_steps = None
         return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
 
 

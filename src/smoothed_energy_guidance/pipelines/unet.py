@@ -152,6 +152,17 @@ def host_reader(pipe: Any):
     return read
 
 
+def refuse_split_inference(unet: nn.Module) -> None:
+    """FreeNoise split inference runs each attention on slices of the frames (diffusers' ``SplitInferenceModule``),
+    so no SEG layer sees the call's rows together: say so before any step runs."""
+    if any(type(module).__name__ == "SplitInferenceModule" for module in unet.modules()):
+        raise ValueError(
+            "SEG cannot run with FreeNoise split inference (enable_free_noise_split_inference): it runs each "
+            "attention on slices of the frames, so SEG's perturbed rows never reach a layer together. FreeNoise "
+            "context windows alone work with SEG: build the pipeline again and call enable_free_noise(...) only."
+        )
+
+
 def enable_seg_unet(pipe: Any, config: SegConfig, share_prefix: bool = True) -> SegHooks:
     """Attach SEG to ``pipe.unet`` (SD 1.x / 2.x / SDXL families), acting on ``pipe``'s calls only."""
     return attach_seg_to_unet(pipe.unet, config, host_reader(pipe), share_prefix, scope=pipe)
@@ -171,6 +182,7 @@ def attach_seg_to_unet(
     :class:`SegHooks`; by default a pipeline's combined prediction).
     """
     model = getattr(unet, "_orig_mod", unet)  # the module inside torch.compile's wrapper
+    refuse_split_inference(model)
     inventory = unet_inventory(model)
     specs = config.layers if config.layers is not None else default_unet_layers(model, inventory)
     layer_names = resolve_layers(specs, inventory)

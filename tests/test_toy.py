@@ -139,9 +139,9 @@ def test_sweep_reports_every_setting_with_intervals_checked_independently(smoke_
             sd = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)
             assert row[metric]["mean"] == pytest.approx(mean)
             assert row[metric]["high"] - mean == pytest.approx(t_975_df2 * sd / math.sqrt(3), rel=1e-8)
-        boot = row["fd_bootstrap"]
-        assert boot["low"] <= boot["high"] and math.isfinite(boot["mean"])
-    assert "attribute_accuracy_bootstrap" in results["conditional"][0]
+        assert row["fd"]["low"] <= row["fd"]["mean"] <= row["fd"]["high"]  # every interval holds its estimate
+        assert "kid" in row and "fd_bootstrap" not in row  # no image bootstrap: it missed its own estimates
+    assert results["device"] == "cpu"
     # SEG changes the samples, so its FD differs from vanilla's on every seed
     real, vanilla, seg_inf = results["unconditional"][0], results["unconditional"][1], results["unconditional"][-1]
     assert real["method"] == "real" and real["per_seed"]["fd"] != vanilla["per_seed"]["fd"]
@@ -165,23 +165,13 @@ def test_sweep_refuses_fewer_references_than_samples_before_loading_anything(tmp
 
 
 def test_statistics_match_independent_computations():
-    from smoothed_energy_guidance.toy.statistics import bootstrap_interval, seed_interval
+    from smoothed_energy_guidance.toy.statistics import seed_interval
 
     interval = seed_interval([1.0, 2.0, 4.0])
     assert interval.mean == pytest.approx(7 / 3)
     assert interval.half_width == pytest.approx(4.302652729911275 * np.std([1, 2, 4], ddof=1) / math.sqrt(3))
     with pytest.raises(ValueError, match="two seeds"):
         seed_interval([1.0])
-    values = torch.from_numpy(np.random.default_rng(5).normal(3.0, 2.0, 400))
-    boot = bootstrap_interval(lambda v: float(v.mean()), values, resamples=400, seed=7)
-    # the documented resampling, redone with numpy: same indices, same percentiles
-    indices = np.random.default_rng(7).integers(0, 400, (400, 400))
-    means = values.numpy()[indices].mean(axis=1)
-    assert (boot.low, boot.high) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
-    # and the textbook normal interval of a mean agrees within bootstrap noise
-    normal = 1.96 * values.std().item() / math.sqrt(400)
-    assert boot.half_width == pytest.approx(normal, rel=0.15)
-    assert boot.mean == pytest.approx(float(values.mean()))
 
 
 def test_clutter_scenes_occlude_in_depth_order_and_fit_the_tokenizer():

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..pipelines import DEFAULT_MODEL, SCHEDULERS, TOY_MODEL, ModelLoadError
+from ..pipelines import DEFAULT_MODEL, SCHEDULERS, TOY_MODEL, ModelLoadError, resolve_device
 from .settings import GenerationSettings, parse_layers, parse_lora, parse_sigma, parse_temporal_sigma
 
 # option → (settings field, parser); options left out on the command line keep their defaults
@@ -135,7 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--cfg", type=float, default=None, help="CFG scale of the conditional runs (default 5)")
     evaluate.add_argument("--combined-scale", type=float, default=None, help="SEG / PAG scale with CFG (default 3)")
     evaluate.add_argument("--combined-sigmas", type=_float_list, default=None, help="σ with CFG (default: --sigmas)")
-    evaluate.add_argument("--resamples", type=int, default=200, help="bootstrap resamples (default 200)")
     evaluate.add_argument(
         "--references", type=int, default=4096, help="real reference scenes per seed for FD / precision (default 4096)"
     )
@@ -299,9 +298,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         steps=args.steps,
         seeds=range(args.seed, args.seed + args.seeds),
         plan=plan,
-        resamples=args.resamples,
         references=args.references,
         progress=not args.quiet,
+        device=resolve_device(args.device),
     )
     command = "seg " + shlex.join(str(part) for part in args.argv)
     written = write_reports(results, args.out, command)

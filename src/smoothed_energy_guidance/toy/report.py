@@ -9,10 +9,10 @@ from typing import Any
 from .evaluate import REAL_SCENES, sigma_label
 from .statistics import holm, paired_t_test
 
-# (key, column, digits, factor): KID is shown ×10³
+# (key, column, digits, factor); digits None: three significant digits (KID's scale follows the features')
 METRICS = (
     ("fd", "FD ↓", 1, 1),
-    ("kid", "KID ×10³ ↓", 2, 1e3),
+    ("kid", "KID ↓", None, 1),
     ("precision", "precision ↑", 3, 1),
     ("recall", "recall ↑", 3, 1),
 )
@@ -24,11 +24,13 @@ CONDITIONAL_METRICS = (
 SIGNIFICANCE = 0.05
 
 
-def _cell(row: dict[str, Any], metric: str, digits: int, factor: float) -> str:
+def _cell(row: dict[str, Any], metric: str, digits: int | None, factor: float) -> str:
     interval = row.get(metric)
     if interval is None:
         return "—"  # a sweep run before this metric existed
     mean, half = interval["mean"] * factor, (interval["high"] - interval["low"]) / 2 * factor
+    if digits is None:
+        return f"{mean:.3g} ± {half:.2g}"
     return f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 

@@ -295,20 +295,51 @@ def patcher(comfy, config_class, unet_config: dict, seed: int):
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
 
 
-def tiny_sdxl(comfy, seed: int = 0):
-    return patcher(comfy, comfy.supported_models.SDXL, SDXL_UNET, seed)
+# each tiny model: ComfyUI's model class (comfy.supported_models) and the configuration it is built from
+TINY_MODELS = {
+    "tiny_sdxl": ("SDXL", SDXL_UNET),
+    "tiny_sd15": ("SD15", SD15_UNET),
+    "tiny_flux": ("Flux", FLUX),
+    "tiny_sd3": ("SD3", SD3),
+    "tiny_chroma": ("Chroma", CHROMA),
+    "tiny_qwen_image": ("QwenImage", QWEN_IMAGE),
+    "tiny_pixart": ("PixArtSigma", PIXART),
+    "tiny_hunyuan_dit": ("HunyuanDiT", HUNYUAN_DIT),
+    "tiny_wan": ("WAN21_T2V", WAN),
+    "tiny_hunyuan_video": ("HunyuanVideo", HUNYUAN_VIDEO),
+    "tiny_ltx_video": ("LTXV", LTX_VIDEO),
+    "tiny_mochi": ("GenmoMochi", MOCHI),
+}
 
 
-def tiny_sd15(comfy, seed: int = 0):
-    return patcher(comfy, comfy.supported_models.SD15, SD15_UNET, seed)
+def tiny(comfy, name: str, seed: int = 0):
+    """A tiny ComfyUI model of the family ``name`` (a key of TINY_MODELS), random weights from ``seed``."""
+    model_class, config = TINY_MODELS[name]
+    return patcher(comfy, getattr(comfy.supported_models, model_class), config, seed)
 
 
-def tiny_flux(comfy, seed: int = 0):
-    return patcher(comfy, comfy.supported_models.Flux, FLUX, seed)
+def _builder(name: str):
+    def build(comfy, seed: int = 0):
+        return tiny(comfy, name, seed)
+
+    build.__name__ = name
+    return build
 
 
-def tiny_sd3(comfy, seed: int = 0):
-    return patcher(comfy, comfy.supported_models.SD3, SD3, seed)
+(
+    tiny_sdxl,
+    tiny_sd15,
+    tiny_flux,
+    tiny_sd3,
+    tiny_chroma,
+    tiny_qwen_image,
+    tiny_pixart,
+    tiny_hunyuan_dit,
+    tiny_wan,
+    tiny_hunyuan_video,
+    tiny_ltx_video,
+    tiny_mochi,
+) = (_builder(name) for name in TINY_MODELS)
 
 
 def sd3_conditioning(seed: int):
@@ -320,38 +351,6 @@ def sd3_conditioning(seed: int):
         ]
 
     return one(), one()
-
-
-def tiny_chroma(comfy, seed: int = 0):
-    return patcher(comfy, comfy.supported_models.Chroma, CHROMA, seed)
-
-
-def tiny_qwen_image(comfy, seed: int = 0):
-    return patcher(comfy, comfy.supported_models.QwenImage, QWEN_IMAGE, seed)
-
-
-def tiny_pixart(comfy, seed: int = 0):
-    return patcher(comfy, comfy.supported_models.PixArtSigma, PIXART, seed)
-
-
-def tiny_hunyuan_dit(comfy, seed: int = 0):
-    return patcher(comfy, comfy.supported_models.HunyuanDiT, HUNYUAN_DIT, seed)
-
-
-def tiny_wan(comfy, seed: int = 0):
-    return patcher(comfy, comfy.supported_models.WAN21_T2V, WAN, seed)
-
-
-def tiny_hunyuan_video(comfy, seed: int = 0):
-    return patcher(comfy, comfy.supported_models.HunyuanVideo, HUNYUAN_VIDEO, seed)
-
-
-def tiny_ltx_video(comfy, seed: int = 0):
-    return patcher(comfy, comfy.supported_models.LTXV, LTX_VIDEO, seed)
-
-
-def tiny_mochi(comfy, seed: int = 0):
-    return patcher(comfy, comfy.supported_models.GenmoMochi, MOCHI, seed)
 
 
 def text_conditioning(seed: int, tokens: int = 16, extra=lambda generator: {}):

@@ -5,6 +5,8 @@ SDXL runs in float64 in both hosts, so the tolerance can be tight; ComfyUI's RoP
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -15,6 +17,31 @@ from comfyui_host import SDXL_UNET, comfy_session, tiny_sdxl
 def comfy():
     with comfy_session() as comfy:
         yield comfy
+
+
+@contextlib.contextmanager
+def recording(denoiser, pipe):
+    """The pipeline's first denoiser call as it made it (a pre-hook registered before SEG's own hooks, which
+    attach when the call starts) and every prediction the pipeline stepped with (SEG's included)."""
+    seen: dict = {"predictions": []}
+
+    def record_inputs(module, args, kwargs):
+        if "args" not in seen:
+            seen["args"], seen["kwargs"] = args, dict(kwargs)
+
+    step = pipe.scheduler.step
+
+    def record_prediction(model_output, *args, **kwargs):
+        seen["predictions"].append(model_output)
+        return step(model_output, *args, **kwargs)
+
+    handle = denoiser.register_forward_pre_hook(record_inputs, with_kwargs=True)
+    pipe.scheduler.step = record_prediction
+    try:
+        yield seen
+    finally:
+        handle.remove()
+        pipe.scheduler.step = step
 
 
 def diffusers_twin_of_the_comfyui_unet():
@@ -70,20 +97,7 @@ def test_diffusers_and_comfyui_give_the_same_seg_prediction(comfy, sigma):
         "pooled_prompt_embeds": torch.randn(1, 32, generator=generator, dtype=torch.float64),
         "negative_pooled_prompt_embeds": torch.randn(1, 32, generator=generator, dtype=torch.float64),
     }
-    seen, predictions = {}, []
-
-    def record_inputs(module, args, kwargs):  # registered before SEG's hooks: sees the pipeline's own rows
-        seen.setdefault("inputs", (args, kwargs))
-
-    handle = unet.register_forward_pre_hook(record_inputs, with_kwargs=True)
-    step = pipe.scheduler.step
-
-    def record_prediction(model_output, *args, **kwargs):  # the prediction the pipeline steps with
-        predictions.append(model_output)
-        return step(model_output, *args, **kwargs)
-
-    pipe.scheduler.step = record_prediction
-    try:
+    with recording(unet, pipe) as seen:
         pipe(
             **text,
             height=104,
@@ -95,9 +109,7 @@ def test_diffusers_and_comfyui_give_the_same_seg_prediction(comfy, sigma):
             output_type="latent",
             generator=torch.Generator().manual_seed(5),
         )
-    finally:
-        handle.remove()
-    args, kwargs = seen["inputs"]
+    args, kwargs = seen["args"], seen["kwargs"]
     sample, timestep = args[0], args[1]
     added = kwargs["added_cond_kwargs"]
     with torch.no_grad():
@@ -111,7 +123,7 @@ def test_diffusers_and_comfyui_give_the_same_seg_prediction(comfy, sigma):
             perturbed = comfy_unet(sample[1:], timesteps[1:], context=context[1:], y=adm[1:])
     comfy_prediction = uncond + 5.0 * (cond - uncond) + 3.0 * (cond - perturbed)
     plain_prediction = uncond + 5.0 * (cond - uncond)
-    (diffusers_prediction,) = predictions
+    (diffusers_prediction,) = seen["predictions"]
     scale = plain_prediction.abs().max()
     error = ((diffusers_prediction - comfy_prediction).abs().max() / scale).item()
     effect = ((comfy_prediction - plain_prediction).abs().max() / scale).item()
@@ -176,21 +188,8 @@ def test_flux_in_diffusers_and_comfyui_gives_the_same_seg_prediction(comfy, sigm
     generator = torch.Generator().manual_seed(7)
     text = torch.randn(1, 7, 32, generator=generator, dtype=torch.float32)
     pooled = torch.randn(1, 32, generator=generator, dtype=torch.float32)
-    seen, predictions = {}, []
-
-    def record_inputs(module, args, kwargs):  # registered before SEG's hooks: sees the pipeline's own call
-        seen.setdefault("inputs", dict(kwargs))
-
-    handle = transformer.register_forward_pre_hook(record_inputs, with_kwargs=True)
-    step = pipe.scheduler.step
-
-    def record_prediction(model_output, *args, **kwargs):
-        predictions.append(model_output)
-        return step(model_output, *args, **kwargs)
-
-    pipe.scheduler.step = record_prediction
     height, width = 20, 28  # the tiny VAE halves: latent 10 × 14, 5 × 7 image tokens
-    try:
+    with recording(transformer, pipe) as seen:
         pipe(
             prompt_embeds=text,
             pooled_prompt_embeds=pooled,
@@ -203,9 +202,7 @@ def test_flux_in_diffusers_and_comfyui_gives_the_same_seg_prediction(comfy, sigm
             output_type="latent",
             generator=torch.Generator().manual_seed(8),
         )
-    finally:
-        handle.remove()
-    inputs = seen["inputs"]
+    inputs = seen["kwargs"]
     packed = inputs["hidden_states"]  # (1, 35, 64)
     latent = packed.reshape(1, 5, 7, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, 10, 14)
     call = dict(
@@ -221,7 +218,7 @@ def test_flux_in_diffusers_and_comfyui_gives_the_same_seg_prediction(comfy, sigm
             perturbed = comfy_flux(latent, **call)
     comfy_prediction = cond + 3.0 * (cond - perturbed)
     comfy_packed = comfy_prediction.reshape(1, 16, 5, 2, 7, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, 35, 64)
-    (diffusers_prediction,) = predictions
+    (diffusers_prediction,) = seen["predictions"]
     scale = cond.abs().max()
     error = ((diffusers_prediction - comfy_packed).abs().max() / scale).item()
     effect = ((comfy_prediction - cond).abs().max() / scale).item()

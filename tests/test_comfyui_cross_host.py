@@ -118,7 +118,7 @@ def test_diffusers_and_comfyui_give_the_same_seg_prediction(comfy, sigma):
         timesteps = torch.as_tensor(timestep, dtype=torch.float64).expand(sample.shape[0])
         context = kwargs["encoder_hidden_states"]
         uncond, cond = comfy_unet(sample, timesteps, context=context, y=adm).chunk(2)
-        seg = SegPatch(SegConfig(scale=3.0, blur_sigma=sigma), None)
+        seg = SegPatch(SegConfig(scale=3.0, blur_sigma=sigma))
         with seg.perturbing(patcher.model, sample.shape):
             perturbed = comfy_unet(sample[1:], timesteps[1:], context=context[1:], y=adm[1:])
     comfy_prediction = uncond + 5.0 * (cond - uncond) + 3.0 * (cond - perturbed)
@@ -213,7 +213,7 @@ def test_flux_in_diffusers_and_comfyui_gives_the_same_seg_prediction(comfy, sigm
     )
     with torch.no_grad():
         cond = comfy_flux(latent, **call)
-        seg = SegPatch(SegConfig(scale=3.0, blur_sigma=sigma), None)
+        seg = SegPatch(SegConfig(scale=3.0, blur_sigma=sigma))
         with seg.perturbing(model.model, latent.shape):
             perturbed = comfy_flux(latent, **call)
     comfy_prediction = cond + 3.0 * (cond - perturbed)

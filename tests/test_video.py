@@ -330,6 +330,16 @@ def hunyuan_video_parts():
     )
 
 
+def hunyuan_video_call(g: torch.Generator) -> dict:
+    """The tiny HunyuanVideo call with its own prompt embeddings (the tiny pipeline has no text encoders)."""
+    return dict(
+        CALL,
+        prompt_embeds=torch.randn(1, 5, 16, generator=g),
+        pooled_prompt_embeds=torch.randn(1, 8, generator=g),
+        prompt_attention_mask=torch.ones(1, 5),
+    )
+
+
 @pytest.mark.parametrize("sigma, temporal_sigma", [(1.0, 1.0), (math.inf, 0.0)])
 @pytest.mark.parametrize("true_cfg", [True, False], ids=["true-cfg", "no-cfg"])
 def test_hunyuan_video_matches_the_dense_video_reference(sigma, temporal_sigma, true_cfg):
@@ -339,12 +349,7 @@ def test_hunyuan_video_matches_the_dense_video_reference(sigma, temporal_sigma, 
     parts = hunyuan_video_parts()
     ours, host = make_pipe(seg.HunyuanVideoSEGPipeline, parts), make_pipe(HunyuanVideoPipeline, parts)
     g = torch.Generator().manual_seed(2)
-    call = dict(
-        CALL,
-        prompt_embeds=torch.randn(1, 5, 16, generator=g),
-        pooled_prompt_embeds=torch.randn(1, 8, generator=g),
-        prompt_attention_mask=torch.ones(1, 5),
-    )
+    call = hunyuan_video_call(g)
     if true_cfg:
         call.update(
             negative_prompt_embeds=torch.randn(1, 5, 16, generator=g),
@@ -366,12 +371,7 @@ def test_hunyuan_video_lone_negative_embeddings_run_no_cfg_so_seg_keeps_its_full
     parts = hunyuan_video_parts()
     ours, host = make_pipe(seg.HunyuanVideoSEGPipeline, parts), make_pipe(HunyuanVideoPipeline, parts)
     g = torch.Generator().manual_seed(2)
-    call = dict(
-        CALL,
-        prompt_embeds=torch.randn(1, 5, 16, generator=g),
-        pooled_prompt_embeds=torch.randn(1, 8, generator=g),
-        prompt_attention_mask=torch.ones(1, 5),
-    )
+    call = hunyuan_video_call(g)
     lone = dict(negative_prompt_embeds=torch.randn(1, 5, 16, generator=g), true_cfg_scale=4.0)
 
     def seeded():

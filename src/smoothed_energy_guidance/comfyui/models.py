@@ -43,7 +43,6 @@ class ComfyFamily:
     # levels halve the latent instead
     patch_size: Callable[[nn.Module], tuple[int, ...]] | None = None
     text_first: bool = False  # some layers' queries open with the text tokens (Flux's single blocks)
-    video: bool = False  # latents (B, C, T, H, W): the grid is (t, h, w) and temporal_sigma applies
 
 
 def unet_inventory(model: nn.Module) -> AttentionInventory:
@@ -196,28 +195,24 @@ FAMILIES = (
         diffusion_model_classes=("WanModel",),
         layers=wan_layers,
         patch_size=lambda model: tuple(int(side) for side in model.patch_size),
-        video=True,
     ),
     ComfyFamily(
         name="HunyuanVideo",
         diffusion_model_classes=("HunyuanVideo",),
         layers=hunyuan_video_layers,
         patch_size=lambda model: tuple(int(side) for side in model.patch_size),
-        video=True,
     ),
     ComfyFamily(
         name="LTX-Video",
         diffusion_model_classes=("LTXVModel",),
         layers=ltx_video_layers,
         patch_size=lambda model: tuple(int(side) for side in model.patchifier.patch_size),
-        video=True,
     ),
     ComfyFamily(
         name="Mochi",
         diffusion_model_classes=("AsymmDiTJoint",),
         layers=mochi_layers,
         patch_size=lambda model: (1, int(model.patch_size), int(model.patch_size)),
-        video=True,
     ),
 )
 

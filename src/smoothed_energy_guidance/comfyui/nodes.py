@@ -101,7 +101,6 @@ def seg_patch(
     sampling = model.get_model_object("model_sampling")
     patch = SegPatch(
         config,
-        specs,
         sigma_start=sampling.percent_to_sigma(start_percent),
         sigma_end=sampling.percent_to_sigma(end_percent),
     )

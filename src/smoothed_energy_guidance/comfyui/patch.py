@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,10 +29,10 @@ class _PassState:
 
     latent_size: tuple[int, ...]  # the latent's axes after the channels: (h, w) or (t, h, w)
     text_tokens: int | None = None
-    reached: set[str] | None = None
+    reached: set[str] = field(default_factory=set)
 
 
-def _blur_hook(layer: QueryLayer, family: ComfyFamily, config: SegConfig, state: _PassState, patch: Any):
+def _blur_hook(layer: QueryLayer, config: SegConfig, state: _PassState, patch: Any):
     def blur(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         tokens = output.shape[-2] if layer.token_dim == 2 else output.shape[1]
         grid = image_grid(state.latent_size, tokens, patch, layer.name)
@@ -64,19 +64,12 @@ def _record_text_tokens(state: _PassState):
 class SegPatch:
     """The post-CFG function the node installs: SEG on the steps inside its sigma window.
 
-    ``layers``: layer specs in the project's grammar (None: the family's default); ``sigma_start`` /
+    ``config.layers``: layer specs in the project's grammar (None: the family's default); ``sigma_start`` /
     ``sigma_end``: SEG runs while ``sigma_end <= sigma <= sigma_start`` (ComfyUI's window convention).
     """
 
-    def __init__(
-        self,
-        config: SegConfig,
-        layers: Sequence[str] | None,
-        sigma_start: float = float("inf"),
-        sigma_end: float = 0.0,
-    ) -> None:
+    def __init__(self, config: SegConfig, sigma_start: float = float("inf"), sigma_end: float = 0.0) -> None:
         self.config = config
-        self.layers = None if layers is None else tuple(layers)
         self.sigma_start = sigma_start
         self.sigma_end = sigma_end
         # the last model's family and layers, so that each step does not search the model again
@@ -87,7 +80,7 @@ class SegPatch:
         if self._resolved is not None and self._resolved[0]() is diffusion_model:
             return self._resolved[1], self._resolved[2]
         family = comfy_family(diffusion_model, model_name)
-        layers = family.layers(diffusion_model, self.layers)
+        layers = family.layers(diffusion_model, self.config.layers)
         self._resolved = (weakref.ref(diffusion_model), family, layers)
         return family, layers
 
@@ -100,14 +93,14 @@ class SegPatch:
         """Blur the selected queries of every row of the denoiser calls made inside the block."""
         diffusion_model = model.diffusion_model
         family, layers = self.resolve(diffusion_model, type(getattr(model, "model_config", model)).__name__)
-        state = _PassState(latent_size=tuple(latent_shape[2:]), reached=set())
+        state = _PassState(latent_size=tuple(latent_shape[2:]))
         patch = family.patch_size(diffusion_model) if family.patch_size is not None else None
         handles = []
         try:
             if family.text_first:
                 handles.append(diffusion_model.register_forward_pre_hook(_record_text_tokens(state), with_kwargs=True))
             for layer in layers:
-                handles.append(layer.module.register_forward_hook(_blur_hook(layer, family, self.config, state, patch)))
+                handles.append(layer.module.register_forward_hook(_blur_hook(layer, self.config, state, patch)))
             yield
         finally:
             for handle in handles:

@@ -250,3 +250,86 @@ def test_committed_quality_tables_and_plots_come_from_the_committed_results(tmp_
     assert (tmp_path / "QUALITY.md").read_text(encoding="utf-8") == (BENCHMARKS / "QUALITY.md").read_text(
         encoding="utf-8"
     )
+
+
+def _sweep_row(setting: str, method: str, fd: list[float], **fields) -> dict:
+    return {"setting": setting, "method": method, "per_seed": {"fd": fd}, "cfg": 1.0, "sigma": math.inf, **fields}
+
+
+def test_confirmation_picks_on_the_sweep_and_refuses_its_seeds_before_loading_anything(tmp_path):
+    from smoothed_energy_guidance.toy.confirm import ConfirmationPlan, confirm
+
+    sweep = {
+        "seeds": [0, 1, 2],
+        "unconditional": [
+            _sweep_row("vanilla", "vanilla", [10, 10, 10]),
+            _sweep_row("SEG 1 σ=2", "SEG", [9, 9, 9.5], seg_scale=1.0, sigma=2.0),
+            _sweep_row("SEG 3 σ=2", "SEG", [12, 5, 9], seg_scale=3.0, sigma=2.0),  # lowest mean, not lowest max
+            _sweep_row("PAG 3", "PAG", [1, 1, 1], seg_scale=0.0),  # PAG never picked as SEG
+        ],
+        "conditional": [
+            _sweep_row("CFG 5", "CFG", [3, 3, 3], cfg=5.0, seg_scale=0.0),
+            _sweep_row("CFG 5 + SEG 3 σ=1", "CFG + SEG", [4, 4, 4], cfg=5.0, seg_scale=3.0, sigma=1.0),
+            _sweep_row("CFG 5 + SEG 3 σ=∞", "CFG + SEG", [5, 5, 5], cfg=5.0, seg_scale=3.0),
+        ],
+    }
+    plan = ConfirmationPlan.from_sweep(sweep)
+    assert plan.seg == (3.0, 2.0) and plan.cfg_seg == (5.0, 3.0, 1.0)
+    assert [s.name for s in plan.unconditional()] == ["vanilla", "SEG 3 σ=2", "SEG 3 σ=∞"]  # σ=∞ at 3 is the paper's
+    assert [s.name for s in plan.conditional()] == ["CFG 5", "CFG 5 + SEG 3 σ=1"]
+    assert plan.comparisons() == [
+        ("unconditional", "SEG 3 σ=2", "vanilla"),
+        ("unconditional", "SEG 3 σ=∞", "SEG 3 σ=2"),
+        ("unconditional", "SEG 3 σ=∞", "vanilla"),
+        ("conditional", "CFG 5 + SEG 3 σ=1", "CFG 5"),
+    ]
+    missing = tmp_path / "no-model"
+    with pytest.raises(ValueError, match=r"Seeds \[2\] picked the settings"):
+        confirm(missing, missing, sweep, range(2, 8))
+    with pytest.raises(ValueError, match="at least 6 fresh seeds; got 5"):
+        confirm(missing, missing, sweep, range(10, 15))
+
+
+def test_confirmation_tests_the_declared_comparisons_on_fresh_seeds(smoke_model, tmp_path):
+    """The comparisons recomputed independently (SciPy's paired t-test, Holm by hand), and the report's words."""
+    from scipy.stats import ttest_rel
+
+    from smoothed_energy_guidance.toy.confirm import confirm
+    from smoothed_energy_guidance.toy.evaluate import SweepPlan, evaluate
+    from smoothed_energy_guidance.toy.report import write_reports
+
+    features = smoke_model.parent / "seg-toy-features.safetensors"
+    plan = SweepPlan(scales=(2.0,), sigmas=(2.0,), pag_scales=(), combined_scale=2.0)
+    sweep = evaluate(smoke_model, features, samples=8, steps=2, seeds=(0, 1), plan=plan, batch=8, references=8)
+    sweep["command"] = "seg eval --testbed seg-toy --seeds 2"
+    write_reports(sweep, tmp_path, sweep["command"])
+    results = confirm(smoke_model, features, sweep, range(10, 16), batch=8, progress=False)
+    assert results["seeds"] == list(range(10, 16)) and (results["samples"], results["steps"]) == (8, 2)
+    assert [row["setting"] for row in results["unconditional"]] == [
+        "real scenes (held out)",
+        "vanilla",
+        "SEG 2 σ=2",
+        "SEG 2 σ=∞",
+        "SEG 3 σ=∞",
+    ]
+    rows = {row["setting"]: row for row in results["unconditional"] + results["conditional"]}
+    raw = []
+    for comparison in results["comparisons"]:
+        a, b = (rows[comparison[key]]["per_seed"]["fd"] for key in ("setting", "baseline"))
+        raw.append(ttest_rel(a, b).pvalue)
+        assert comparison["p"] == pytest.approx(raw[-1])
+        assert comparison["difference"]["mean"] == pytest.approx(sum(a) / 6 - sum(b) / 6)
+    assert len(raw) == 4
+    order = sorted(range(4), key=raw.__getitem__)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (4 - rank) * raw[index]))
+        assert results["comparisons"][index]["p_holm"] == pytest.approx(running)
+        words = results["comparisons"][index]["verdict"]
+        mean = results["comparisons"][index]["difference"]["mean"]
+        assert words == ("no difference detected" if running >= 0.05 else "better" if mean < 0 else "worse")
+    (data, table) = write_reports(results, tmp_path, "seg eval --testbed seg-toy --confirm --seed 10 --seeds 6")
+    assert data.name == "confirmation-seg-toy.json"
+    text = table.read_text(encoding="utf-8")
+    assert text.index("## seg-toy") < text.index("### seg-toy: confirmation on fresh seeds")
+    assert "| SEG 2 σ=2 vs vanilla |" in text and "| CFG 5 + SEG 2 σ=2 vs CFG 5 |" in text

@@ -125,10 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--testbed", default=TOY_MODEL, help="bundled testbed: seg-toy or seg-clutter")
     evaluate.add_argument("--model-dir", type=Path, default=None, help="a testbed model folder (default: bundled)")
-    evaluate.add_argument("--samples", type=int, default=128, help="images per seed and setting (default 128)")
+    evaluate.add_argument(
+        "--samples", type=int, default=None, help="images per seed and setting (default 128; --confirm: the sweep's)"
+    )
     evaluate.add_argument("--seeds", type=int, default=3, help="number of seeds, at least 2 (default 3)")
     evaluate.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    evaluate.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    evaluate.add_argument(
+        "--steps", type=int, default=None, help="denoising steps (default 20; --confirm: the sweep's)"
+    )
     evaluate.add_argument("--scales", type=_float_list, default=None, help="SEG scales (default 0.5,1,2,3,5)")
     evaluate.add_argument("--sigmas", type=_float_list, default=None, help="SEG blur σ values (default 1,4,16,inf)")
     evaluate.add_argument("--pag-scales", type=_float_list, default=None, help="PAG scales (default 1,3)")
@@ -136,7 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--combined-scale", type=float, default=None, help="SEG / PAG scale with CFG (default 3)")
     evaluate.add_argument("--combined-sigmas", type=_float_list, default=None, help="σ with CFG (default: --sigmas)")
     evaluate.add_argument(
-        "--references", type=int, default=4096, help="real reference scenes per seed for FD / precision (default 4096)"
+        "--references",
+        type=int,
+        default=None,
+        help="real reference scenes per seed for FD / precision (default 4096; --confirm: the sweep's)",
+    )
+    evaluate.add_argument(
+        "--confirm",
+        action="store_true",
+        help="measure the settings the committed sweep (--out/quality-TESTBED.json) picked on fresh seeds "
+        "(--seed/--seeds, at least 6, disjoint from the sweep's) and test the declared comparisons",
     )
     evaluate.add_argument("--out", type=Path, default=Path("benchmarks"), help="folder for QUALITY.md, JSON, plots")
     evaluate.add_argument("--quiet", action="store_true")
@@ -283,28 +296,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import shlex
 
     from ..toy.evaluate import SweepPlan, evaluate
-    from ..toy.report import sweep_markdown, write_reports
+    from ..toy.report import confirmation_markdown, sweep_markdown, write_reports
     from ..toy.testbeds import testbed
 
     bed = testbed(args.testbed)
     model_dir = args.model_dir or bed.model_dir
-    given = {"scales": args.scales, "sigmas": args.sigmas, "pag_scales": args.pag_scales, "cfg": args.cfg}
-    given.update(combined_scale=args.combined_scale, combined_sigmas=args.combined_sigmas)
-    plan = dataclasses.replace(SweepPlan(), **{k: v for k, v in given.items() if v is not None})
-    results = evaluate(
-        model_dir,
-        bed.features_beside(model_dir),
-        samples=args.samples,
-        steps=args.steps,
-        seeds=range(args.seed, args.seed + args.seeds),
-        plan=plan,
-        references=args.references,
-        progress=not args.quiet,
-        device=resolve_device(args.device),
-    )
+    common = dict(progress=not args.quiet, device=resolve_device(args.device))
+    sizes = {"samples": args.samples, "steps": args.steps, "references": args.references}
+    given_sizes = {key: value for key, value in sizes.items() if value is not None}
+    seeds = range(args.seed, args.seed + args.seeds)
+    if args.confirm:
+        from ..toy.confirm import confirm
+
+        sweep_file = args.out / f"quality-{bed.name}.json"
+        if not sweep_file.exists():
+            raise ValueError(f"--confirm needs the sweep's results in {sweep_file}: run the sweep first.")
+        sweep = json.loads(sweep_file.read_text(encoding="utf-8"))
+        results = confirm(model_dir, bed.features_beside(model_dir), sweep, seeds, **given_sizes, **common)
+    else:
+        given = {"scales": args.scales, "sigmas": args.sigmas, "pag_scales": args.pag_scales, "cfg": args.cfg}
+        given.update(combined_scale=args.combined_scale, combined_sigmas=args.combined_sigmas)
+        plan = dataclasses.replace(SweepPlan(), **{k: v for k, v in given.items() if v is not None})
+        sizes = {"samples": 128, "steps": 20, "references": 4096, **given_sizes}
+        results = evaluate(model_dir, bed.features_beside(model_dir), seeds=seeds, plan=plan, **sizes, **common)
     command = "seg " + shlex.join(str(part) for part in args.argv)
     written = write_reports(results, args.out, command)
-    print(sweep_markdown(results, command))
+    print(confirmation_markdown(results, command) if args.confirm else sweep_markdown(results, command))
     print("written: " + ", ".join(str(path) for path in written))
     return 0
 

@@ -183,19 +183,67 @@ reported as measured; plots: `quality-<testbed>.png`.
 """
 
 
+def confirmation_markdown(results: dict[str, Any], command: str) -> str:
+    """A testbed's confirmation section: the picked settings on fresh seeds and the declared comparisons."""
+    seeds = results["seeds"]
+    unconditional = results["unconditional"]
+    lines = [
+        f"### {results['testbed']}: confirmation on fresh seeds",
+        "",
+        f"Command: `{command}`. Settings picked by the sweep above (`{results['selected_by']}`, seeds "
+        f"{results['plan']['selection_seeds']}) and measured again on seeds {seeds}, none of which took part in "
+        f"the pick: {results['samples']} images per seed and setting, {results['steps']} Euler steps. The "
+        "comparisons below were declared before the run and are Holm-adjusted as one family; these verdicts, "
+        "not the sweep's, are what the demo, the UI defaults and the README rest on. On these testbeds only.",
+        "",
+        "| comparison | ΔFD (mean ± 95 % t) | p | p (Holm) | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for comparison in results["comparisons"]:
+        difference = comparison["difference"]
+        half = (difference["high"] - difference["low"]) / 2
+        lines.append(
+            f"| {comparison['setting']} vs {comparison['baseline']} | {difference['mean']:+.1f} ± {half:.1f} | "
+            f"{comparison['p']:.3f} | {comparison['p_holm']:.3f} | {comparison['verdict']} |"
+        )
+    shown = [metric for metric in CONDITIONAL_METRICS if any(metric[0] in row for row in unconditional)]
+    lines += [
+        "",
+        "| setting | " + " | ".join(label for _, label, _, _ in shown) + " |",
+        "|---" * (len(shown) + 1) + "|",
+    ]
+    for row in unconditional + results["conditional"]:
+        cells = " | ".join(_cell(row, key, digits, factor) for key, _, digits, factor in shown)
+        lines.append(f"| {row['setting']} | {cells} |")
+    return "\n".join([*lines, ""])
+
+
+def result_file(results: dict[str, Any]) -> str:
+    """Where ``results`` are saved in the output folder: quality-<testbed>.json for a sweep,
+    confirmation-<testbed>.json for a confirmation."""
+    kind = "confirmation" if results.get("kind") == "confirmation" else "quality"
+    return f"{kind}-{results['testbed']}.json"
+
+
 def write_reports(results: dict[str, Any], out_dir: Path, command: str) -> list[Path]:
-    """Save one testbed's results (JSON + plot) and rebuild QUALITY.md from every testbed's JSON in ``out_dir``."""
+    """Save one run's results (JSON, and a plot for a sweep) and rebuild QUALITY.md from every sweep and
+    confirmation JSON in ``out_dir`` (each testbed's confirmation follows its sweep)."""
     import json
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = results["testbed"]
-    data = out_dir / f"quality-{name}.json"
+    data = out_dir / result_file(results)
     data.write_text(json.dumps({**results, "command": command}, indent=1, ensure_ascii=False), encoding="utf-8")
-    plot = plot_sweep(results, out_dir / f"quality-{name}.png")
+    written = [data]
+    if results.get("kind") != "confirmation":
+        written.append(plot_sweep(results, out_dir / f"quality-{results['testbed']}.png"))
     sections = [QUALITY_HEADER]
     for path in sorted(out_dir.glob("quality-*.json")):
         stored = json.loads(path.read_text(encoding="utf-8"))
         sections.append(sweep_markdown(stored, stored["command"]))
+        confirmation = out_dir / f"confirmation-{stored['testbed']}.json"
+        if confirmation.exists():
+            confirmed = json.loads(confirmation.read_text(encoding="utf-8"))
+            sections.append(confirmation_markdown(confirmed, confirmed["command"]))
     table = out_dir / "QUALITY.md"
     table.write_text("\n".join(sections), encoding="utf-8")
-    return [data, plot, table]
+    return [*written, table]

@@ -7,8 +7,12 @@ community pack (sd-perturbed-attention) is loaded from ../shared/anchors to be m
    moves them. The reference is the tests' (an attn1 replace patch with the attention computed from scratch on
    densely blurred queries).
 2. Cost: a small SDXL-layout UNet (width 64, levels 1-2-4, attention 1-2 deep; latent 48 × 72), 4 Euler steps,
-   CFG 5, ``comfy.sample.sample``; CFG alone, our node and the pack's node (σ = 2, its middle block, as ours),
-   interleaved in every round; per-round ratios to CFG, mean with a 95 % Student-t interval.
+   CFG 5, ``comfy.sample.sample``; CFG alone, our node, our node with its perturbed pass run in full (no replay
+   of the layers before the mid block) and the pack's node (σ = 2, its middle block, as ours), interleaved in
+   every round; per-round ratios to CFG, mean with a 95 % Student-t interval.
+3. Memory: the bytes the replay keeps between the guided call and the perturbed pass (the cond rows' outputs of
+   the layers before the first SEG layer), measured on the small model, with the share of one UNet call's
+   multiply-adds those layers take.
 
     python benchmarks/bench_comfyui.py --rounds 5 --write
 """
@@ -62,6 +66,13 @@ def ours(node, model, sigma: float):
     return node.SmoothedEnergyGuidance.execute(model, **inputs).result[0]
 
 
+def full_pass(node, model, sigma: float):
+    """Our SEG without the prefix replay: every layer runs again in the perturbed pass."""
+    patched = model.clone()
+    patched.set_model_sampler_post_cfg_function(node.seg_patch(model, 3.0, sigma))
+    return patched
+
+
 def anchor(anchor_node, model, sigma: float):
     # the pack's σ < 0 means ∞; its maximum is 9999
     return anchor_node().patch(model, scale=3.0, blur_sigma=-1.0 if sigma > 9999 else sigma)[0]
@@ -89,6 +100,7 @@ def distances(comfy, node, anchor_node) -> list[str]:
         effect = ((reference - plain).abs().max() / scale).item()
         for name, patched in (
             ("ours", ours(node, model, sigma)),
+            ("ours, perturbed pass in full", full_pass(node, model, sigma)),
             ("sd-perturbed-attention", anchor(anchor_node, model, sigma)),
         ):
             result = host.sample(comfy, patched, positive, negative, latent, 5.0)
@@ -109,6 +121,7 @@ def costs(comfy, node, anchor_node, rounds: int, steps: int) -> list[str]:
     settings = {
         "CFG 5": model,
         "CFG 5 + our SEG (σ = 2)": ours(node, model, 2.0),
+        "CFG 5 + our SEG (σ = 2), perturbed pass in full": full_pass(node, model, 2.0),
         "CFG 5 + sd-perturbed-attention SEG (σ = 2)": anchor(anchor_node, model, 2.0),
     }
     for patched in settings.values():  # warm-up
@@ -127,36 +140,56 @@ def costs(comfy, node, anchor_node, rounds: int, steps: int) -> list[str]:
     return rows
 
 
-def batching(comfy, rounds: int) -> list[str]:
-    """What joining the perturbed rows to ComfyUI's batched cond / uncond call would save: one UNet call on 3 rows
-    against a 2-row call plus a 1-row call, on the small model (no SEG: the blur costs the same either way)."""
-    model = host.patcher(comfy, comfy.supported_models.SDXL, SMALL_SDXL, 0).model.diffusion_model
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(3, 4, 48, 72, generator=generator)
-    context = torch.randn(3, 77, 256, generator=generator)
-    y = torch.randn(3, SMALL_SDXL["adm_in_channels"], generator=generator)
-    t = torch.full((3,), 500.0)
+def prefix_memory(comfy, node) -> list[str]:
+    """Bytes of the cond rows' prefix outputs kept for the replay (one image, the cost run's latent), and the share
+    of the UNet's multiply-adds (convolutions and linear layers, counted by hooks) spent before the mid block."""
+    model = host.patcher(comfy, comfy.supported_models.SDXL, SMALL_SDXL, 0)
+    diffusion_model = model.model.diffusion_model
+    patch = node.seg_patch(model, 3.0, 2.0)
+    family, layers = patch.resolve(diffusion_model, "SDXL")
+    prefix = {diffusion_model.get_submodule(name) for name in family.prefix(diffusion_model, layers)}
+    kept, work = [0], {"prefix": 0, "all": 0}
 
-    def call(rows: slice) -> None:
-        with torch.no_grad():
-            model(x[rows], t[rows], context=context[rows], y=y[rows])
+    def keep(module, inputs, output):
+        kept[0] += output[:1].numel() * output.element_size()
 
-    call(slice(0, 3))
-    ratios, joined, separate = [], [], []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        call(slice(0, 3))
-        joined.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        call(slice(0, 2))
-        call(slice(2, 3))
-        separate.append(time.perf_counter() - start)
-        ratios.append(joined[-1] / separate[-1])
-    mean, low, high = mean_interval(ratios)
-    return [
-        f"| 3 rows in one call | {statistics.median(joined):.3f} | {mean:.3f} [{low:.3f}, {high:.3f}] |",
-        f"| 2 rows, then 1 row | {statistics.median(separate):.3f} | 1 |",
+    def count(inside):
+        def hook(module, inputs, output):
+            weight = module.weight
+            per_output = weight[0].numel()
+            macs = output[:1].numel() * per_output
+            work["all"] += macs
+            work["prefix"] += macs if inside else 0
+
+        return hook
+
+    handles = [module.register_forward_hook(keep) for module in prefix]
+    for module in prefix:
+        handles += [leaf.register_forward_hook(count(True)) for leaf in module.modules() if _weighted(leaf)]
+    inside = {id(leaf) for module in prefix for leaf in module.modules()}
+    handles += [
+        leaf.register_forward_hook(count(False))
+        for leaf in diffusion_model.modules()
+        if _weighted(leaf) and id(leaf) not in inside
     ]
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        diffusion_model(
+            torch.randn(1, 4, 48, 72, generator=generator),
+            torch.full((1,), 500.0),
+            context=torch.randn(1, 77, 256, generator=generator),
+            y=torch.randn(1, SMALL_SDXL["adm_in_channels"], generator=generator),
+        )
+    for handle in handles:
+        handle.remove()
+    return [
+        f"| {len(prefix)} layers before the mid block's attention | {kept[0] / 2**20:.2f} MiB (fp32) | "
+        f"{work['prefix'] / work['all']:.1%} |"
+    ]
+
+
+def _weighted(module: torch.nn.Module) -> bool:
+    return isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() >= 2
 
 
 def main() -> None:
@@ -171,7 +204,7 @@ def main() -> None:
         anchor_node = load_anchor_seg_node()
         distance_rows = distances(comfy, node, anchor_node)
         cost_rows = costs(comfy, node, anchor_node, args.rounds, args.steps)
-        batch_rows = batching(comfy, args.rounds)
+        memory_rows = prefix_memory(comfy, node)
     report = "\n".join(
         [
             "# SEG in ComfyUI: distance from the reference and cost",
@@ -193,21 +226,23 @@ def main() -> None:
             "|---|---|---|",
             *cost_rows,
             "",
-            "Both SEG nodes run the perturbed prediction as a separate cond pass after ComfyUI's batched cond / uncond",
-            "call, so both cost about one more cond pass per step; the ratio is what that pass adds beside CFG's two.",
+            "Every SEG node here runs the perturbed prediction as a cond pass after ComfyUI's batched cond / uncond",
+            "call. Ours replays, in that pass, the outputs the guided call computed for the cond rows in every layer",
+            "before the first SEG layer (the input blocks and the mid block's first ResBlock for the default `mid`),",
+            "so only the rest of the UNet runs again; the row 'perturbed pass in full' is the same SEG without the",
+            "replay (what the pack's node pays). The replay is used only when the perturbed call's inputs equal the",
+            "recorded cond rows' inputs; otherwise (several conds in one call, area conds) the pass runs in full.",
             "",
-            "## Could the perturbed rows join ComfyUI's batched call?",
+            "## What the replay keeps",
             "",
-            "Not yet taken. On the diffusers side the perturbed rows fork after the shared prefix (the blocks before",
-            "the first SEG layer run once; 1.34× a CFG step at the mid block). In ComfyUI's UNet the skip connections",
-            "and ControlNet residuals are added in the model's forward, outside any module; forking there needs",
-            "ComfyUI's `output_block_patch` (it sees each skip before the concatenation) and pre-hooks that widen the",
-            "embeddings and residuals of every later block. The simpler step, joining the cond / uncond call at the",
-            "input, saves only per-call overhead; measured on the small model (one UNet call, median seconds):",
-            "",
-            "| batch | median seconds | 3-row call / (2-row + 1-row), mean [95 % t-interval] |",
+            "| replayed layers | kept between the two calls, one image | their share of a UNet call's multiply-adds |",
             "|---|---|---|",
-            *batch_rows,
+            *memory_rows,
+            "",
+            "The kept outputs are freed as soon as the perturbed pass has used them. At full size (SDXL, 1024²,",
+            "latent 128 × 128) the same layers give 34.7 M values per image (level 1: 3 × 320 × 128², then",
+            "320 × 64²; level 2: 4 × 640 × 64², then 640 × 32²; level 3 and the mid ResBlock: 5 × 1280 × 32²),",
+            "about 69 MB in fp16.",
             "",
         ]
     )

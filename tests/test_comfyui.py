@@ -242,6 +242,73 @@ def test_the_window_follows_comfyuis_percent_convention(comfy, node):
     assert torch.equal(sample(comfy, empty, positive, negative, latent, 5.0, steps=4), plain)
 
 
+def calls_of(model, name: str, run) -> list[int]:
+    """The batch sizes module ``name`` of the diffusion model ran with during ``run()``."""
+    calls = []
+    module = model.model.diffusion_model.get_submodule(name)
+    handle = module.register_forward_hook(lambda module, inputs, output: calls.append(output.shape[0]))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return calls
+
+
+@pytest.mark.parametrize(("cfg", "guided"), [(5.0, 2), (1.0, 1)])
+def test_the_perturbed_pass_replays_the_layers_before_the_first_seg_layer(comfy, node, cfg, guided):
+    """Before the mid block nothing depends on the blur: the perturbed pass takes those layers' outputs from
+    the step's guided call instead of running them, and gives what running them gives."""
+    model = tiny_sdxl(comfy)
+    latent = torch.zeros(1, 4, 13, 21)
+    positive, negative = sdxl_conditioning(4, 13, 21)
+    patched = apply_node(node, model, blur_sigma=2.0)
+    patch = patched.model_options["sampler_post_cfg_function"][-1]
+    prefix_layer, seg_query = "input_blocks.5.0.in_layers", "middle_block.1.transformer_blocks.0.attn1.to_q"
+    runs = {}
+
+    def run():
+        runs["ours"] = sample(comfy, patched, positive, negative, latent, cfg)
+
+    assert calls_of(model, prefix_layer, run) == [guided] * 3  # never in the perturbed pass
+    assert patch.prefix.replayed == 3
+    assert (
+        calls_of(model, seg_query, lambda: sample(comfy, patched, positive, negative, latent, cfg)) == [guided, 1] * 3
+    )
+    assert calls_of(model, "middle_block.0.in_layers", run) == [guided] * 3  # the mid block's first ResBlock too
+    full = model.clone()  # the same SEG without the replay
+    full.set_model_sampler_post_cfg_function(node.seg_patch(model, 3.0, 2.0))
+    assert (
+        calls_of(
+            model, prefix_layer, lambda: runs.setdefault("full", sample(comfy, full, positive, negative, latent, cfg))
+        )
+        == [guided, 1] * 3
+    )
+    plain = sample(comfy, model, positive, negative, latent, cfg)
+    assert_matches(runs["ours"], runs["full"], plain)
+
+
+def test_the_perturbed_pass_runs_in_full_when_its_inputs_are_not_the_recorded_ones(comfy, node):
+    """Two positive conds share one call (two cond chunks): nothing is recorded, every layer runs, and SEG is
+    still the reference's."""
+    model = tiny_sdxl(comfy)
+    latent = torch.zeros(1, 4, 13, 21)
+    positive, negative = sdxl_conditioning(5, 13, 21)
+    second, _ = sdxl_conditioning(6, 13, 21)
+    positive = positive + second
+    patched = apply_node(node, model, blur_sigma=2.0)
+    patch = patched.model_options["sampler_post_cfg_function"][-1]
+    runs = {}
+    calls = calls_of(
+        model,
+        "input_blocks.5.0.in_layers",
+        lambda: runs.setdefault("ours", sample(comfy, patched, positive, negative, latent, 5.0)),
+    )
+    assert calls == [3, 2] * 3 and patch.prefix.replayed == 0  # [cond, cond, uncond], then two cond rows in full
+    plain = sample(comfy, model, positive, negative, latent, 5.0)
+    reference = sample(comfy, reference_unet_model(comfy, model, 3.0, 2.0), positive, negative, latent, 5.0)
+    assert_matches(runs["ours"], reference, plain)
+
+
 def test_layer_specs_use_the_projects_grammar_and_bad_ones_are_named(comfy, node):
     model = tiny_sdxl(comfy)
     patch = node.seg_patch(model, 3.0, 2.0, "d0 + u1")

@@ -43,6 +43,9 @@ class ComfyFamily:
     # levels halve the latent instead
     patch_size: Callable[[nn.Module], tuple[int, ...]] | None = None
     text_first: bool = False  # some layers' queries open with the text tokens (Flux's single blocks)
+    # the layers that run before the first SEG layer, in call order (their outputs are replayed in the
+    # perturbed pass: .prefix); None: the family's perturbed pass runs in full
+    prefix: Callable[[nn.Module, Sequence[QueryLayer]], tuple[str, ...]] | None = None
 
 
 def unet_inventory(model: nn.Module) -> AttentionInventory:
@@ -64,6 +67,24 @@ def unet_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLay
         specs = ["mid"] if inventory.parts["mid"] else [_deepest_level(model, inventory)]
     modules = dict(model.named_modules())
     return tuple(QueryLayer(name, modules[f"{name}.to_q"]) for name in resolve_layers(specs, inventory))
+
+
+def unet_prefix(model: nn.Module, layers: Sequence[QueryLayer]) -> tuple[str, ...]:
+    """The UNet's block layers (``input_blocks.i.j``, then ``middle_block.j``) before the first one holding a SEG
+    query: the model's forward calls them in this order, and nothing before them depends on the blur."""
+    queries = {id(layer.module) for layer in layers}
+    prefix = []
+    for part in ("input_blocks", "middle_block"):
+        blocks = getattr(model, part, None)
+        if blocks is None:
+            continue
+        for index, block in enumerate(blocks if part == "input_blocks" else [blocks]):
+            for position, layer in enumerate(block):
+                if any(id(module) in queries for module in layer.modules()):
+                    return tuple(prefix)
+                name = f"{part}.{index}.{position}" if part == "input_blocks" else f"{part}.{position}"
+                prefix.append(name)
+    return tuple(prefix)
 
 
 def _deepest_level(model: nn.Module, inventory: AttentionInventory) -> str:
@@ -158,6 +179,7 @@ FAMILIES = (
         name="Stable Diffusion 1.x/2.x/XL (UNet)",
         diffusion_model_classes=("UNetModel",),
         layers=unet_layers,
+        prefix=unet_prefix,
     ),
     ComfyFamily(
         name="Flux.1 / Chroma",

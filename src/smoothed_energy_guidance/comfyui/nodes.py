@@ -7,6 +7,9 @@ from comfy_api.latest import ComfyExtension, io
 from ..core.guidance import SegConfig
 from ..core.layers import parse_layer_text
 from .patch import SegPatch
+from .prefix import PrefixReplay
+
+PREFIX_WRAPPER_KEY = "smoothed_energy_guidance.prefix"
 
 INFINITE_SIGMA = 10000.0  # any σ > 9999 is the official SEG's ∞ (uniform queries); JSON has no inf
 
@@ -83,6 +86,7 @@ class SmoothedEnergyGuidance(io.ComfyNode):
         patch = seg_patch(model, scale, blur_sigma, layers, start_percent, end_percent, temporal_sigma)
         patched = model.clone()
         patched.set_model_sampler_post_cfg_function(patch)
+        share_prefix(patched, patch)
         return io.NodeOutput(patched)
 
 
@@ -106,6 +110,26 @@ def seg_patch(
     )
     patch.resolve(model.model.diffusion_model, type(model.model.model_config).__name__)
     return patch
+
+
+def share_prefix(model, patch: SegPatch) -> PrefixReplay | None:
+    """Let the perturbed pass replay the layers before the first SEG layer (where the family says which they
+    are): an object patch on each such layer's forward and an ``APPLY_MODEL`` wrapper, both ComfyUI's own
+    patch points on the ``ModelPatcher`` ``model``."""
+    from comfy.patcher_extension import WrappersMP
+
+    diffusion_model = model.model.diffusion_model
+    family, layers = patch.resolve(diffusion_model, type(model.model.model_config).__name__)
+    names = family.prefix(diffusion_model, layers) if family.prefix is not None else ()
+    if not names:
+        return None
+    replay = PrefixReplay(patch.active_at)
+    for name in names:
+        key = f"diffusion_model.{name}.forward"
+        model.add_object_patch(key, replay.layer_forward(name, model.get_model_object(key)))
+    model.add_wrapper_with_key(WrappersMP.APPLY_MODEL, PREFIX_WRAPPER_KEY, replay.apply_model_wrapper)
+    patch.prefix = replay
+    return replay
 
 
 class SegExtension(ComfyExtension):

@@ -21,6 +21,7 @@ from torch import nn
 from ..core.guidance import SegConfig
 from ..core.tokens import TokenLayout, blur_image_queries
 from .models import ComfyFamily, QueryLayer, comfy_family, image_grid
+from .prefix import PrefixReplay
 
 
 @dataclass
@@ -72,6 +73,8 @@ class SegPatch:
         self.config = config
         self.sigma_start = sigma_start
         self.sigma_end = sigma_end
+        # replays the layers before the first SEG layer in the perturbed pass, where the node installed it
+        self.prefix: PrefixReplay | None = None
         # the last model's family and layers, so that each step does not search the model again
         self._resolved: tuple[weakref.ref, ComfyFamily, tuple[QueryLayer, ...]] | None = None
 
@@ -96,6 +99,8 @@ class SegPatch:
         state = _PassState(latent_size=tuple(latent_shape[2:]))
         patch = family.patch_size(diffusion_model) if family.patch_size is not None else None
         handles = []
+        if self.prefix is not None:
+            self.prefix.perturbing = True
         try:
             if family.text_first:
                 handles.append(diffusion_model.register_forward_pre_hook(_record_text_tokens(state), with_kwargs=True))
@@ -105,6 +110,9 @@ class SegPatch:
         finally:
             for handle in handles:
                 handle.remove()
+            if self.prefix is not None:
+                self.prefix.perturbing = False
+                self.prefix.clear()
         missed = [layer.name for layer in layers if layer.name not in state.reached]
         if missed:
             raise RuntimeError(

@@ -5,8 +5,10 @@ grid, random weights, fp32, CPU), driven as its pipeline drives it: batched CFG 
 for PixArt-Σ, HunyuanDiT, Sana and SD3; CFG as a second call for Chroma, Qwen-Image, Flux Kontext (whose
 sequence also holds a 32 × 32 reference image) and Wan (video: 4 latent frames of 16 × 16 tokens). SEG
 runs on the family's default layer (its middle block). The FLOP-model limit is 1 + share / 2, where
-share is the part of one pass's FLOPs from the fork on (torch flop counter); families whose perturbed
-rows join at the input (PixArt, Sana, Wan, SD3 with ControlNet residuals) repeat the whole pass: 1.5.
+share is the part of one pass's FLOPs SEG runs again (torch flop counter): from the fork on where the rows
+fork inside the call; everything but the blocks before the first SEG block where the perturbed prediction
+is a call of its own with that prefix replayed (PixArt, Sana and the video families, whose code after the
+blocks uses pre-block tensors with the host's rows only); the whole pass where rows join at the input.
 
     python benchmarks/bench_families.py --rounds 7 --write
 """
@@ -31,6 +33,7 @@ from smoothed_energy_guidance.pipelines.transformer import (
     transformer_family,
     transformer_fork_plan,
     transformer_inventory,
+    transformer_replay_plan,
 )
 
 SIDE = 32  # token grid side
@@ -275,6 +278,122 @@ def wan():
     return model, inputs, False
 
 
+VIDEO = (4, SIDE // 2, SIDE // 2)  # latent frames × token rows × token columns: the same 1024 tokens
+
+
+def cogvideox():
+    from diffusers import CogVideoXTransformer3DModel
+
+    model = CogVideoXTransformer3DModel(
+        num_attention_heads=HEADS,
+        attention_head_dim=WIDTH // HEADS,
+        in_channels=16,
+        out_channels=16,
+        time_embed_dim=WIDTH,
+        text_embed_dim=128,
+        num_layers=BLOCKS,
+        sample_width=SIDE,
+        sample_height=SIDE,
+        sample_frames=13,  # 4 latent frames
+        patch_size=2,
+        max_text_seq_length=TEXT,
+    )
+
+    def inputs(rows):
+        return dict(
+            hidden_states=torch.randn(rows, VIDEO[0], 16, SIDE, SIDE),
+            encoder_hidden_states=torch.randn(rows, TEXT, 128),
+            timestep=torch.full((rows,), 500),
+        )
+
+    return model, inputs, True
+
+
+def ltx_video():
+    from diffusers import LTXVideoTransformer3DModel
+
+    model = LTXVideoTransformer3DModel(
+        in_channels=16,
+        out_channels=16,
+        num_attention_heads=HEADS,
+        attention_head_dim=WIDTH // HEADS,
+        cross_attention_dim=WIDTH,
+        num_layers=BLOCKS,
+        caption_channels=128,
+    )
+    frames, height, width = VIDEO
+
+    def inputs(rows):
+        return dict(
+            hidden_states=torch.randn(rows, frames * height * width, 16),
+            encoder_hidden_states=torch.randn(rows, TEXT, 128),
+            timestep=torch.full((rows,), 500.0),
+            encoder_attention_mask=torch.ones(rows, TEXT),
+            num_frames=frames,
+            height=height,
+            width=width,
+        )
+
+    return model, inputs, True
+
+
+def hunyuan_video():
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    model = HunyuanVideoTransformer3DModel(
+        in_channels=16,
+        out_channels=16,
+        num_attention_heads=HEADS,
+        attention_head_dim=WIDTH // HEADS,
+        num_layers=BLOCKS // 2,
+        num_single_layers=BLOCKS // 2,
+        num_refiner_layers=1,
+        patch_size=2,
+        patch_size_t=1,
+        text_embed_dim=128,
+        pooled_projection_dim=64,
+        rope_axes_dim=(16, 24, 24),
+    )
+
+    def inputs(rows):
+        return dict(
+            hidden_states=torch.randn(rows, 16, VIDEO[0], SIDE, SIDE),
+            timestep=torch.full((rows,), 500),
+            encoder_hidden_states=torch.randn(rows, TEXT, 128),
+            encoder_attention_mask=torch.ones(rows, TEXT),
+            pooled_projections=torch.randn(rows, 64),
+            guidance=torch.full((rows,), 6000.0),
+        )
+
+    return model, inputs, False
+
+
+def mochi():
+    from diffusers import MochiTransformer3DModel
+
+    model = MochiTransformer3DModel(
+        patch_size=2,
+        num_attention_heads=HEADS,
+        attention_head_dim=WIDTH // HEADS,
+        num_layers=BLOCKS,
+        pooled_projection_dim=128,
+        in_channels=16,
+        text_embed_dim=128,
+        time_embed_dim=WIDTH,
+        max_sequence_length=TEXT,
+    )
+
+    def inputs(rows):
+        return dict(
+            hidden_states=torch.randn(rows, 16, VIDEO[0], SIDE, SIDE),
+            encoder_hidden_states=torch.randn(rows, TEXT, 128),
+            timestep=torch.full((rows,), 500),
+            encoder_attention_mask=torch.ones(rows, TEXT),
+        )
+
+    return model, inputs, True
+
+
 FAMILIES: dict[str, Callable] = {
     "PixArt-Σ": pixart,
     "HunyuanDiT": hunyuan,
@@ -284,6 +403,18 @@ FAMILIES: dict[str, Callable] = {
     "Qwen-Image": qwen_image,
     "Flux Kontext": flux_kontext,
     "Wan 2.x (video, 4 × 16 × 16 tokens)": wan,
+    "CogVideoX (video)": cogvideox,
+    "LTX-Video (video)": ltx_video,
+    "HunyuanVideo (video)": hunyuan_video,
+    "Mochi (video)": mochi,
+}
+
+
+ROWS = {
+    "AFTER_SHARED_PREFIX": "forked after the prefix",
+    "REPLAYED_PREFIX": "own call, prefix replayed",
+    "AT_INPUT": "joined at the input",
+    "SEPARATE_CALL": "own call",
 }
 
 
@@ -320,26 +451,103 @@ def step_runners(model, inputs, batched: bool):
     return cfg, seg_cfg
 
 
-def flop_limit(model, inputs) -> tuple[str, float]:
-    """The default layer and the FLOP-model limit of SEG + CFG over CFG."""
+def _bytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    return sum(_bytes(item) for item in value) if isinstance(value, (list, tuple)) else 0
+
+
+def flop_limit(model, inputs) -> tuple[str, float, str]:
+    """The default layer, the FLOP-model limit of SEG + CFG over CFG, and what a replayed prefix keeps.
+
+    Rows forked after the shared prefix rerun the blocks from the fork on and the output modules; a perturbed
+    call with a replayed prefix reruns everything but the blocks before the first SEG block; rows joined at
+    the input rerun the whole pass. The limit is 1 + (rerun share of one pass) / 2.
+    """
     family = transformer_family(model)
     inventory = transformer_inventory(model, family)
     names = resolve_block_layers(inventory.default_layers(), inventory)
-    if not family.shares_prefix:
-        return names[0], 1.5
-    plan = transformer_fork_plan(model, names, family)
-    forked = {id(block) for block in plan.blocks}
+    if not (family.shares_prefix or family.replays_prefix):
+        return names[0], 1.5, "—"
+    if family.shares_prefix:
+        counted = {id(block) for block in transformer_fork_plan(model, names, family).blocks}
+    else:
+        prefixes = transformer_replay_plan(model, names, family).prefixes
+        counted = {id(block) for prefix in prefixes for block in prefix}
     owners = {name: module for name, module in model.named_modules()}
+    kept = [0]
+    handles = [
+        prefix[-1].register_forward_hook(lambda m, a, out: kept.__setitem__(0, kept[0] + _bytes(out)))
+        for prefix in (() if family.shares_prefix else prefixes)
+    ]
     counter = FlopCounterMode(display=False, depth=None)
     with counter, torch.no_grad():
         model(**inputs(1))
+    for handle in handles:
+        handle.remove()
     counts = counter.get_flop_counts()
     total = sum(counts["Global"].values())
     root = type(model).__name__ + "."
-    after = sum(
-        sum(values.values()) for name, values in counts.items() if id(owners.get(name.removeprefix(root))) in forked
+    inside = sum(
+        sum(values.values()) for name, values in counts.items() if id(owners.get(name.removeprefix(root))) in counted
     )
-    return names[0], 1 + (after / total) / 2
+    rerun = inside if family.shares_prefix else total - inside
+    memory = "—" if family.shares_prefix else f"{kept[0] / 2**20:.2f} MiB"
+    return names[0], 1 + (rerun / total) / 2, memory
+
+
+# Wan 2.1 14B (its published transformer config) at 480p: 81 frames → 21 latent frames of 60 × 104, 30 × 52 tokens
+WAN_14B = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=40,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=13824,
+    num_layers=40,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+)
+ASSUMED_TFLOPS = 400.0  # an assumed sustained bf16 rate on one H100-class GPU (about 40 % of its dense peak)
+
+
+def wan_480p_estimate() -> list[str]:
+    """FLOPs of one Wan 2.1 14B pass at 480p counted on the meta device (no weights, no compute), the share of
+    its default SEG layer's prefix, and what the replayed prefix saves per step at an assumed GPU rate."""
+    from diffusers import WanTransformer3DModel
+
+    with torch.device("meta"):
+        model = WanTransformer3DModel(**WAN_14B)
+    family = transformer_family(model)
+    inventory = transformer_inventory(model, family)
+    names = resolve_block_layers(inventory.default_layers(), inventory)
+    prefix = {id(block) for stack in transformer_replay_plan(model, names, family).prefixes for block in stack}
+    owners = {name: module for name, module in model.named_modules()}
+    counter = FlopCounterMode(display=False, depth=None)
+    with counter, torch.no_grad():
+        model(
+            hidden_states=torch.empty(1, 16, 21, 60, 104, device="meta"),
+            timestep=torch.full((1,), 500.0, device="meta"),
+            encoder_hidden_states=torch.empty(1, 512, 4096, device="meta"),
+        )
+    counts = counter.get_flop_counts()
+    total = sum(counts["Global"].values())
+    root = type(model).__name__ + "."
+    skipped = sum(sum(v.values()) for k, v in counts.items() if id(owners.get(k.removeprefix(root))) in prefix)
+    pass_seconds = total / (ASSUMED_TFLOPS * 1e12)
+    at_input, replayed = 3 * pass_seconds, (3 - skipped / total) * pass_seconds
+    return [
+        "| model and size | one pass | SEG layer | prefix share | CFG step | SEG + CFG step, rows at the input | "
+        "SEG + CFG step, prefix replayed | saved per step | saved over 50 steps |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| Wan 2.1 14B, 480 × 832, 81 frames (21 × 30 × 52 = 32 760 tokens, 512 text) | {total / 1e12:.0f} TFLOP | "
+        f"`{names[0]}` | {skipped / total:.1%} | {2 * pass_seconds:.1f} s | {at_input:.1f} s "
+        f"({at_input / pass_seconds / 2:.2f}×) | {replayed:.1f} s ({replayed / pass_seconds / 2:.2f}×) | "
+        f"{at_input - replayed:.1f} s | {50 * (at_input - replayed):.0f} s |",
+    ]
 
 
 def main() -> None:
@@ -348,9 +556,9 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write benchmarks/FAMILIES.md")
     args = parser.parse_args()
     lines = [
-        "| family | CFG as | SEG layer (default) | CFG step (s) | SEG + CFG step (s) | ratio "
-        "| FLOP-model limit | CFG again |",
-        "|---|---|---|---|---|---|---|---|",
+        "| family | CFG as | perturbed rows | SEG layer (default) | CFG step (s) | SEG + CFG step (s) | ratio "
+        "| FLOP-model limit | CFG again | kept for the replay, per image |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, build in FAMILIES.items():
         torch.manual_seed(0)
@@ -364,11 +572,13 @@ def main() -> None:
             for name, run in order[round_index % 3 :] + order[: round_index % 3]:
                 times[name].append(run())
         median = {name: statistics.median(values) for name, values in times.items()}
-        layer, limit = flop_limit(model, inputs)
+        layer, limit, kept = flop_limit(model, inputs)
         how = "one batch of 2" if batched else "a second call"
+        rows = ROWS[transformer_family(model).perturbed_rows.name]
         lines.append(
-            f"| {label} | {how} | `{layer}` | {median['cfg']:.3f} | {median['seg']:.3f} | "
-            f"**{median['seg'] / median['cfg']:.3f}×** | {limit:.3f}× | {median['again'] / median['cfg']:.3f}× |"
+            f"| {label} | {how} | {rows} | `{layer}` | {median['cfg']:.3f} | {median['seg']:.3f} | "
+            f"**{median['seg'] / median['cfg']:.3f}×** | {limit:.3f}× | {median['again'] / median['cfg']:.3f}× "
+            f"| {kept} |"
         )
         print(lines[-1], flush=True)
     notes = [
@@ -389,7 +599,21 @@ def main() -> None:
             f"{WIDTH}, {BLOCKS} blocks, a {SIDE} × {SIDE} token grid, {TEXT} text tokens, random weights, fp32, CPU; "
             "SEG (σ = 10) on the family's default layer. Ratios are of medians measured interleaved in one process.\n\n"
         )
-        (Path(__file__).parent / "FAMILIES.md").write_text(header + table + "\n", encoding="utf-8")
+        estimate = "\n".join(
+            [
+                "",
+                "## A video model at full size: Wan 2.1 14B at 480p (an estimate from counted FLOPs)",
+                "",
+                *wan_480p_estimate(),
+                "",
+                "FLOPs counted by torch's flop counter on the meta device (the published 14B configuration, no weights",
+                f"loaded); seconds are FLOPs at an assumed sustained {ASSUMED_TFLOPS:.0f} TFLOP/s in bf16 on one "
+                "H100-class GPU, not measured. Steps are CFG's two passes (Wan runs its uncond pass as a second call) "
+                "plus SEG's perturbed pass; rows at the input pay a whole pass, the replayed prefix skips the blocks "
+                "before the default (middle) SEG block.",
+            ]
+        )
+        (Path(__file__).parent / "FAMILIES.md").write_text(header + table + "\n" + estimate + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

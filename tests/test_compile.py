@@ -228,3 +228,27 @@ def test_a_unet_compiled_and_warmed_up_before_seg_first_attaches_in_the_process(
     error, effect = map(float, result.stdout.split()[-2:])
     assert error <= COMPILED_TOLERANCE
     assert effect > MIN_EFFECT
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_compiled_wan_transformer_with_a_replayed_prefix_equals_eager_seg(style):
+    """Wan's perturbed prediction is a call of its own whose prefix blocks replay the cond call's outputs
+    (diffusers' HookRegistry replaces those blocks' forward): compiled in every style, it equals eager."""
+    from test_video import CALL, embeddings, wan_parts
+
+    pipe = make_pipe(seg.WanSEGPipeline, wan_parts())
+
+    def run(scale):
+        call = dict(CALL, **embeddings(), guidance_scale=4.0, output_type="latent")
+        return pipe(**call, seg_scale=scale, seg_blur_sigma=2.0, generator=torch.Generator().manual_seed(0)).frames
+
+    eager, eager_plain = run(3.0), run(0.0)
+    pipe.transformer = compile_in_style(pipe.transformer, style, backend="eager")
+    try:
+        compiled = [run(scale) for scale in (0.0, 3.0, 0.0, 3.0)]
+    finally:
+        pipe.transformer = uncompiled(pipe.transformer)
+    for plain, seg_result in (compiled[0:2], compiled[2:4]):
+        assert (plain - eager_plain).abs().max() <= COMPILED_TOLERANCE
+        assert (seg_result - eager).abs().max() <= COMPILED_TOLERANCE
+    assert (eager - eager_plain).abs().max() > MIN_EFFECT

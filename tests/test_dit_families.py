@@ -170,6 +170,45 @@ def test_pixart_matches_the_reference(version, cfg):
     check(ours, host, ["transformer_blocks.1.attn1"], call, 1.0, cfg, 1)
 
 
+@pytest.mark.parametrize("share_prefix", [True, False], ids=["replayed-prefix", "rows-at-input"])
+def test_pixart_perturbed_call_skips_the_blocks_before_the_first_seg_block(share_prefix):
+    """PixArt's perturbed prediction: a call of its own whose block 0 replays the cond rows' output
+    (share_prefix=False appends the rows at the input instead, a whole extra pass); both give the same SEG."""
+    parts = pixart_parts()
+    host = make_pipe(diffusers.PixArtSigmaPipeline, parts)
+    blocks = parts["transformer"].transformer_blocks
+    inside_block_0 = blocks[0].attn1.to_q
+    seen = {0: [], 1: []}
+    handles = [
+        inside_block_0.register_forward_hook(lambda m, a, out: seen[0].append(out.shape[0])),
+        blocks[1].attn1.to_q.register_forward_hook(lambda m, a, out: seen[1].append(out.shape[0])),
+    ]
+    call = dict(
+        embeddings(6, 32, "prompt_attention_mask"),
+        negative_prompt=None,
+        height=32,
+        width=48,
+        num_inference_steps=2,
+        guidance_scale=4.0,
+        use_resolution_binning=False,
+        output_type="latent",
+    )
+    try:
+        with seg.enable_seg(host, blur_sigma=1.0, share_prefix=share_prefix):
+            result = host(**call, generator=torch.Generator().manual_seed(0)).images
+    finally:
+        for handle in handles:
+            handle.remove()
+    if share_prefix:
+        assert seen == {0: [2, 2], 1: [2, 1, 2, 1]}
+    else:
+        assert seen == {0: [3, 3], 1: [3, 3]}
+    reference = make_pipe(seg.PixArtSigmaSEGPipeline, parts)(
+        **call, seg_blur_sigma=1.0, generator=torch.Generator().manual_seed(0)
+    ).images
+    assert (result - reference).abs().max() <= TOLERANCE
+
+
 # HunyuanDiT -------------------------------------------------------------------------------------------
 def hunyuan_parts():
     from diffusers import AutoencoderKL, DDIMScheduler, HunyuanDiT2DModel

@@ -500,3 +500,77 @@ def test_modular_hunyuan_video_15_denoise_matches_the_reference_guider():
     assert ours.shape[2:] == GRID
     assert (ours - reference).abs().max() <= TOLERANCE
     assert (plain - reference).abs().max() > MIN_EFFECT
+
+
+def _batches_seen(module) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
+    seen: list[int] = []
+    return seen, module.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(_rows_of(args, kwargs)), with_kwargs=True
+    )
+
+
+def _rows_of(args, kwargs) -> int:
+    first = args[0] if args else next(value for value in kwargs.values() if isinstance(value, torch.Tensor))
+    return first.shape[0]
+
+
+def _replay_case(family: str, cfg: bool):
+    """(SEG pipeline, call, prefix block, first SEG block, rows of the host's calls per step)."""
+    if family == "wan":  # CFG as a second call: SEG follows the cond call
+        parts, cls, call = wan_parts(), seg.WanSEGPipeline, dict(CALL, **embeddings())
+        call.update(guidance_scale=4.0 if cfg else 1.0)
+        blocks, prefix, first, host_calls = parts["transformer"].blocks, 0, 1, [1, 1] if cfg else [1]
+    elif family == "cogvideox":
+        parts, cls = cogvideox_parts(), seg.CogVideoXSEGPipeline
+        call = dict(CALL, **embeddings(), guidance_scale=4.0 if cfg else 1.0, max_sequence_length=5)
+        blocks, prefix, first, host_calls = parts["transformer"].transformer_blocks, 0, 1, [2 if cfg else 1]
+    elif family == "ltx":
+        parts, cls = ltx_parts(), seg.LTXSEGPipeline
+        masks = dict(prompt_attention_mask=torch.ones(1, 5), negative_prompt_attention_mask=torch.ones(1, 5))
+        call = dict(embeddings(), **masks, height=64, width=96, num_frames=9, num_inference_steps=3)
+        call.update(guidance_scale=4.0 if cfg else 1.0, max_sequence_length=5)
+        blocks, prefix, first, host_calls = parts["transformer"].transformer_blocks, 0, 1, [2 if cfg else 1]
+    else:  # hunyuan-video: the whole double-stream list is the prefix of single.0
+        parts, cls = hunyuan_video_parts(), seg.HunyuanVideoSEGPipeline
+        g = torch.Generator().manual_seed(2)
+        call = hunyuan_video_call(g)
+        if cfg:
+            call.update(
+                negative_prompt_embeds=torch.randn(1, 5, 16, generator=g),
+                negative_pooled_prompt_embeds=torch.randn(1, 8, generator=g),
+                negative_prompt_attention_mask=torch.ones(1, 5),
+                true_cfg_scale=4.0,
+            )
+        transformer = parts["transformer"]
+        return (
+            make_pipe(cls, parts),
+            call,
+            transformer.transformer_blocks[0],
+            transformer.single_transformer_blocks[0],
+            [1, 1] if cfg else [1],
+        )
+    return make_pipe(cls, parts), call, blocks[prefix], blocks[first], host_calls
+
+
+@pytest.mark.parametrize("cfg", [True, False], ids=["cfg", "no-cfg"])
+@pytest.mark.parametrize("family", ["wan", "cogvideox", "ltx", "hunyuan-video"])
+def test_video_perturbed_call_replays_the_blocks_before_the_first_seg_block(family, cfg):
+    """The perturbed prediction is a call of its own after the host's cond call, in which the blocks before
+    the first SEG block never run (they replay the cond rows' outputs) and the rest runs on the cond rows; the
+    results against the dense reference are the tests above."""
+    ours, call, prefix_block, seg_block, host_calls = _replay_case(family, cfg)
+    # a layer inside the block: a hook on the block itself runs even when the block's output is replayed
+    inside = next(m for m in prefix_block.modules() if isinstance(m, torch.nn.Linear))
+    prefix_seen, prefix_handle = _batches_seen(inside)
+    seg_seen, seg_handle = _batches_seen(seg_block)
+    try:
+        seeded = dict(call, generator=torch.Generator().manual_seed(0), output_type="latent")
+        ours(**seeded, seg_scale=3.0, seg_blur_sigma=2.0)
+    finally:
+        prefix_handle.remove()
+        seg_handle.remove()
+    steps = call["num_inference_steps"]
+    assert prefix_seen == host_calls * steps  # never in the perturbed call
+    # the SEG block: the host's cond call, then the perturbed call on one row (before any uncond call)
+    assert seg_seen == [host_calls[0], 1, *host_calls[1:]] * steps
+    assert no_hooks_left(ours.transformer)

@@ -9,6 +9,9 @@ kept by name on their handle (:class:`SegHooks`), as diffusers' ``HookRegistry``
 2. :class:`BlurQueries` ("blur queries of <layer>", on each selected attention's query projection) blurs the
    perturbed rows of its output over the layer's grid, as :func:`.core.tokens.blur_image_queries` lays the
    tokens out;
+   Where code after the blocks cannot take extra rows, the perturbed prediction is a call of its own instead
+   (:class:`ReplayPlan`): :class:`RecordPrefixOutput` keeps the cond rows' output of the blocks before the
+   first SEG block in the host's call, and in the perturbed call those blocks return it instead of running;
 3. an output unit on the denoiser: :class:`CombinePredictions` combines uncond / cond / perturbed into the SEG
    prediction and hands the host pipeline rows it turns back into exactly that prediction;
    :class:`HandOverPerturbed` hands a guider the perturbed prediction and the host the cond one, and removes
@@ -68,6 +71,25 @@ class ForkPlan:
 
 
 @dataclass(frozen=True)
+class ReplayPlan:
+    """The perturbed prediction as a denoiser call of its own after the host's, whose blocks before the first
+    SEG layer replay what they computed for the cond rows in the host's call.
+
+    For denoisers whose code outside any module uses pre-block tensors with the host's rows only (output
+    modulation, unpatchify by the input batch), so rows cannot fork inside one call. ``prefixes`` holds, per
+    block list in execution order, the blocks before the first SEG block (a list wholly before it: all of its
+    blocks); the host's call records the cond rows' output of the last block of each, and in the perturbed
+    call every block of a prefix returns that output, so only the embeddings, the blocks from the first SEG
+    block on and the output head run again.
+    """
+
+    prefixes: tuple[tuple[nn.Module, ...], ...]
+    # the host's hook point that lets a hook replace a module's forward: (block, forward(original, *args,
+    # **kwargs), name) → a handle with remove()
+    replace_forward: Callable[[nn.Module, Callable[..., Any], str], Any]
+
+
+@dataclass(frozen=True)
 class DenoiserPlan:
     """What SEG hooks on one denoiser: its selected attentions, where the perturbed rows join, how its call reads.
 
@@ -81,6 +103,7 @@ class DenoiserPlan:
     targets: tuple[QueryTarget, ...]
     undo_hint: str = ""
     fork: ForkPlan | None = None
+    replay: ReplayPlan | None = None
     read_inputs: Callable[[tuple, dict], DenoiserInputs] = unet_call_inputs
     unbatched: frozenset[str] = frozenset()
     query_source: Callable[[QueryTarget], nn.Module | None] = lambda target: getattr(
@@ -113,7 +136,9 @@ class PerturbedCall:
     seg_scale: float
     text_tokens: int | None = None
     forked: bool = False  # the perturbed rows fork off at the first SEG block (else: joined at the input)
-    frames: int = 1  # frames folded into the batch inside the denoiser (see DenoiserInputs.frames)
+    frames: int = 1
+    # the perturbed rows come from a call of their own after this one, its prefix replayed (ReplayPlan)
+    separate: bool = False  # frames folded into the batch inside the denoiser (see DenoiserInputs.frames)
 
     @property
     def perturbed(self) -> slice:
@@ -148,6 +173,30 @@ def append_cond_rows(
         }
     if isinstance(value, (list, tuple)):
         return type(value)(append_cond_rows(item, host_rows, cond_rows, unbatched, frames) for item in value)
+    return value
+
+
+def cond_rows_only(value: Any, host_rows: int, cond_rows: slice, unbatched: frozenset[str] = frozenset()) -> Any:
+    """The cond rows of every batch-shaped tensor in ``value`` (nested ok; entries named in ``unbatched`` and
+    tensors without the batch axis stay whole): the inputs of the perturbed call of :class:`ReplayPlan`."""
+    if isinstance(value, torch.Tensor):
+        return value[cond_rows] if value.ndim >= 1 and value.shape[0] == host_rows else value
+    if isinstance(value, dict):
+        return {
+            key: item if key in unbatched else cond_rows_only(item, host_rows, cond_rows, unbatched)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return type(value)(cond_rows_only(item, host_rows, cond_rows, unbatched) for item in value)
+    return value
+
+
+def _fresh_copy(value: Any) -> Any:
+    """A copy of a block output's tensors (the host may add to a block's output in place)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_fresh_copy(item) for item in value)
     return value
 
 
@@ -204,6 +253,10 @@ class CallState:
         self.reference_call = False  # the call in flight is a cond-only reference call
         # (pred_seg, pred_cond) of the latest SEG call, for a reference call that follows it
         self.last_seg: tuple[torch.Tensor, torch.Tensor] | None = None
+        # ReplayPlan: "record" during the host's call, "replay" during the perturbed call of its own
+        self.phase: str | None = None
+        self.perturbed_inputs: tuple[tuple, dict] | None = None
+        self.recorded: dict[int, Any] = {}  # prefix index → the cond rows' output of its last block
 
 
 # Names of the hooks on the denoiser itself.
@@ -269,6 +322,12 @@ class SegHooks:
                 handles[f"widen the inputs of forked block {index}"] = block.register_forward_pre_hook(
                     WidenForkedBlock(self), with_kwargs=True
                 )
+            for index, prefix in enumerate(plan.replay.prefixes if plan.replay else ()):
+                handles[f"record the cond rows' output of prefix {index}"] = prefix[-1].register_forward_hook(
+                    RecordPrefixOutput(self, index)
+                )
+                for position, block in enumerate(prefix):
+                    handles[f"replay block {position} of prefix {index}"] = replay_block(block, self, index)
             handles.update(self.output.register(self))
         except BaseException:
             self.remove()
@@ -382,6 +441,33 @@ class SegHooks:
             )
         return state, call
 
+    def perturbed_call(self, state: CallState) -> torch.Tensor:
+        """Run the perturbed prediction of a :class:`ReplayPlan` call: the denoiser once more on the cond rows'
+        inputs, every row blurred, the prefix blocks replaying what they recorded in the host's call."""
+        host_call = state.call
+        args, kwargs = state.perturbed_inputs
+        state.call = PerturbedCall(
+            host_call.host,
+            0,
+            host_call.group_rows,
+            host_call.latent_hw,
+            host_call.seg_scale,
+            host_call.text_tokens,
+            frames=host_call.frames,
+        )
+        state.phase = "replay"
+        try:
+            if len(state.recorded) != len(self.plan.replay.prefixes):
+                raise RuntimeError(
+                    f"SEG's host call reached {len(state.recorded)} of the {len(self.plan.replay.prefixes)} "
+                    "blocks whose outputs its perturbed call replays; was a block replaced or skipped?"
+                )
+            output = self.plan.denoiser(*args, **kwargs)
+        finally:
+            state.phase, state.perturbed_inputs, state.recorded = None, None, {}
+            state.call = host_call
+        return _first_output(output)
+
 
 # The hook units: each one job, each reading the served call through its handle. ---------------------------
 def _with_cond_rows_appended(plan: DenoiserPlan, call: PerturbedCall, args: tuple, kwargs: dict) -> tuple:
@@ -414,6 +500,9 @@ class AppendPerturbedRows:
             return None  # not a call of this handle's entry point: it runs exactly as without SEG
         plan, config = hooks.plan, hooks.config
         state = serving_call.state
+        if state.phase == "replay":
+            return None  # SEG's own perturbed call (ReplayPlan): its inputs are ready
+        state.phase, state.perturbed_inputs, state.recorded = None, None, {}
         if state.call is not None and hooks.output.one_call:
             # the one call these hooks served never reached its end (interrupted by an exception that no hook
             # sees, such as KeyboardInterrupt): they serve nothing more, and this call runs plain
@@ -447,6 +536,7 @@ class AppendPerturbedRows:
             )
             return None
         forked = plan.fork is not None and inputs.shares_prefix
+        separate = plan.replay is not None and inputs.shares_prefix
         state.call = call = PerturbedCall(
             host,
             host_rows,
@@ -456,7 +546,15 @@ class AppendPerturbedRows:
             inputs.text_tokens,
             forked=forked,
             frames=inputs.frames,
+            separate=separate,
         )
+        if separate:  # the host's rows run as they are; their cond rows are the perturbed call's inputs
+            state.phase, state.recorded = "record", {}
+            state.perturbed_inputs = (
+                cond_rows_only(args, host_rows, call.cond_rows, plan.unbatched),
+                cond_rows_only(kwargs, host_rows, call.cond_rows, plan.unbatched),
+            )
+            return None
         if forked:
             return plan.fork.widen_inputs(args, kwargs, host_rows, call.cond_rows)
         return _with_cond_rows_appended(plan, call, args, kwargs)
@@ -490,6 +588,8 @@ class BlurQueries:
         target, config = self.target, self.hooks.config
         state = serving_call.state
         call = state.call
+        if call.separate:
+            return None  # the host's own rows: the perturbed ones come in a call of their own
         expected = (call.host_rows + call.group_rows) * call.frames
         if output.shape[0] != expected:
             raise RuntimeError(
@@ -515,6 +615,37 @@ class BlurQueries:
         return torch.cat([output[: perturbed.start], rows])
 
 
+class RecordPrefixOutput:
+    """Forward hook of the last block of a :class:`ReplayPlan` prefix: keep the cond rows of its output in the
+    host's call, for the perturbed call to replay."""
+
+    def __init__(self, hooks: SegHooks, index: int) -> None:
+        self.hooks = hooks
+        self.index = index
+
+    def __call__(self, module: nn.Module, inputs: tuple, output: Any) -> None:
+        serving_call = self.hooks.serving_call()
+        if serving_call is None or serving_call.state.phase != "record":
+            return
+        call = serving_call.state.call
+        rows = cond_rows_only(output, call.host_rows, call.cond_rows)
+        # own storage when only part of the batch is kept, so the host's batch can be freed
+        serving_call.state.recorded[self.index] = rows if call.host_rows == call.group_rows else _fresh_copy(rows)
+
+
+def replay_block(block: nn.Module, hooks: SegHooks, index: int) -> Any:
+    """In SEG's perturbed call of a :class:`ReplayPlan`, ``block`` returns the output recorded for the last block
+    of its prefix instead of running (through the host's hook point ``ReplayPlan.replace_forward``)."""
+
+    def forward(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        serving_call = hooks.serving_call()
+        if serving_call is not None and serving_call.state.phase == "replay":
+            return _fresh_copy(serving_call.state.recorded[index])
+        return original(*args, **kwargs)
+
+    return hooks.plan.replay.replace_forward(block, forward, f"smoothed-energy-guidance-replay-{id(hooks)}")
+
+
 class OutputUnit:
     """What the host gets from a SEG denoiser call: registers the denoiser's output hook(s), by name."""
 
@@ -522,6 +653,23 @@ class OutputUnit:
 
     def register(self, hooks: SegHooks) -> Handles:
         raise NotImplementedError
+
+
+_NESTED = object()  # marks the end of SEG's own perturbed call
+
+
+def _separate_perturbed_prediction(hooks: SegHooks) -> Any:
+    """At the end of a denoiser call: the perturbed prediction of a :class:`ReplayPlan` host call (running its
+    perturbed call now), ``_NESTED`` at the end of that perturbed call itself, else None."""
+    serving_call = hooks.serving_call()
+    if serving_call is None:
+        return None
+    state = serving_call.state
+    if state.phase == "replay":
+        return _NESTED
+    if state.phase != "record" or state.call is None or not state.call.separate:
+        return None
+    return hooks.perturbed_call(state)
 
 
 class CombinePredictions(OutputUnit):
@@ -535,11 +683,17 @@ class CombinePredictions(OutputUnit):
         return {OUTPUT: hooks.plan.denoiser.register_forward_hook(combine, with_kwargs=True)}
 
     def combine(self, hooks: SegHooks, output: Any) -> Any:
+        pred_separate = _separate_perturbed_prediction(hooks)
+        if pred_separate is _NESTED:
+            return None  # SEG's own perturbed call ends: its output goes to the host call's hook
         state, call = hooks.finish_call()
         if call is None:
             return self._shift_cond_reference(state, output) if state is not None and state.reference_call else None
         pred = _first_output(output)
-        if call.host.cfg:
+        if pred_separate is not None:
+            pred_uncond, pred_cond = split_rows(pred, 2) if call.host.cfg else (None, pred)
+            pred_perturbed = pred_separate.to(pred.dtype)
+        elif call.host.cfg:
             pred_uncond, pred_cond, pred_perturbed = split_rows(pred, 3)
         else:
             pred_uncond, (pred_cond, pred_perturbed) = None, split_rows(pred, 2)
@@ -583,8 +737,14 @@ class HandOverPerturbed(OutputUnit):
 
     def register(self, hooks: SegHooks) -> Handles:
         def hand_over(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+            pred_separate = _separate_perturbed_prediction(hooks)
+            if pred_separate is _NESTED:
+                return None
             _, call = hooks.finish_call()
             if call is None or call.host_rows == 0:  # not ours, or a perturbed call of its own: the guider has it
+                return None
+            if pred_separate is not None:  # the host's rows are the cond rows as they are
+                self.take(pred_separate)
                 return None
             pred_cond, pred_perturbed = split_rows(_first_output(output), 2)
             self.take(pred_perturbed)
@@ -596,6 +756,8 @@ class HandOverPerturbed(OutputUnit):
             serving_call = hooks.serving_call()
             if serving_call is None:
                 return  # another caller's call ended; this handle's call is still to come
+            if serving_call.state.phase == "replay":
+                return  # SEG's own perturbed call inside the host's: the host's call ends later
             if serving_call.state.finished:
                 hooks.remove()
                 return

@@ -28,6 +28,9 @@ class PerturbedRows(enum.Enum):
     AFTER_SHARED_PREFIX = "forked off the cond rows at the first block holding a SEG layer"
     # code outside any module after the blocks uses pre-block tensors with the host's rows only
     AT_INPUT = "appended to the denoiser's input (a whole extra pass)"
+    # the same denoisers, without the extra prefix: a call of their own after the host's, in which the blocks
+    # before the first SEG layer replay the outputs they computed for the cond rows in the host's call
+    REPLAYED_PREFIX = "a call of their own after the host's, the blocks before the first SEG layer replayed"
     # per-sample input lists, sequence-first blocks, modulation rows beyond the batch
     SEPARATE_CALL = "a denoiser call of their own (the guider's separate batch)"
 
@@ -74,7 +77,8 @@ class Family:
             separate call, and ``cfg_negative_inputs`` the call arguments that, as the pipeline itself decides,
             make that CFG run when its scale is > 1: any one group of them all given (empty: none needed).
         perturbed_rows: where SEG's perturbed rows join a call.
-        fork_stacks: every block list in execution order where it differs from ``stacks``.
+        fork_stacks: every block list in execution order where it differs from ``stacks`` (where rows fork or
+            a prefix is replayed).
         output_modules: run on the widened rows after the last block when the rows fork.
         pipelines: CLI family key → task → :class:`Task`; the first task of a key is what its models load as.
         pipeline_prefixes: CLI family key → diffusers pipeline class-name prefixes that belong to it.
@@ -142,6 +146,10 @@ class Family:
     @property
     def shares_prefix(self) -> bool:
         return self.perturbed_rows is PerturbedRows.AFTER_SHARED_PREFIX
+
+    @property
+    def replays_prefix(self) -> bool:
+        return self.perturbed_rows is PerturbedRows.REPLAYED_PREFIX
 
     @property
     def separate_cfg(self) -> bool:

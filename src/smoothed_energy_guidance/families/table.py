@@ -10,7 +10,7 @@ from . import inputs
 from .records import Cfg, Family, PerturbedRows, Stack, Task, TokenLayout
 
 IMAGE_ONLY, IMAGE_FIRST, TEXT_FIRST = TokenLayout.IMAGE_ONLY, TokenLayout.IMAGE_FIRST, TokenLayout.TEXT_FIRST
-AT_INPUT, SEPARATE_CALL = PerturbedRows.AT_INPUT, PerturbedRows.SEPARATE_CALL
+REPLAYED_PREFIX, SEPARATE_CALL = PerturbedRows.REPLAYED_PREFIX, PerturbedRows.SEPARATE_CALL
 BLOCKS = (Stack(spec="blocks", path="transformer_blocks"),)
 FLUX_STACKS = (
     # image queries, then any reference-image tokens (Kontext); then [text, image, reference images]
@@ -219,7 +219,7 @@ PIXART = Family(
     attention_names=("attn1",),
     read_inputs=inputs.latent_inputs(),
     # its timestep modulation after the blocks uses pre-block tensors with the host's rows only
-    perturbed_rows=AT_INPUT,
+    perturbed_rows=REPLAYED_PREFIX,
     pipelines={
         "pixart-alpha": {"text2img": task("PixArtAlphaPipeline", "PixArtAlphaSEGPipeline", doc="PixArt-α with SEG.")},
         "pixart-sigma": {"text2img": task("PixArtSigmaPipeline", "PixArtSigmaSEGPipeline", doc="PixArt-Σ with SEG.")},
@@ -245,7 +245,7 @@ SANA = Family(
     stacks=BLOCKS,
     attention_names=("attn1",),  # linear attention: queries blurred before the kernel feature map
     read_inputs=inputs.latent_inputs(),
-    perturbed_rows=AT_INPUT,  # its unpatchify reads the input batch size
+    perturbed_rows=REPLAYED_PREFIX,  # its unpatchify reads the input batch size
     pipelines={
         "sana": {
             "text2img": task(
@@ -265,7 +265,7 @@ WAN = Family(
     stacks=(Stack(spec="blocks", path="blocks"),),
     attention_names=("attn1",),
     read_inputs=inputs.latent_inputs(frame_axis=2),
-    perturbed_rows=AT_INPUT,  # its output modulation and unpatchify use pre-block tensors
+    perturbed_rows=REPLAYED_PREFIX,  # its output modulation and unpatchify use pre-block tensors
     cfg=Cfg.SEPARATE_CALL,
     cfg_argument="guidance_scale",
     cfg_negative_inputs=(),
@@ -301,7 +301,7 @@ COGVIDEOX = Family(
     query_token_dim=2,
     read_inputs=inputs.latent_inputs(frame_axis=1, text_first=True),  # latents (B, F, C, H, W)
     unbatched_inputs=frozenset({"image_rotary_emb"}),
-    perturbed_rows=AT_INPUT,  # its unpatchify reshapes by the input batch size
+    perturbed_rows=REPLAYED_PREFIX,  # its unpatchify reshapes by the input batch size
     pipelines={
         "cogvideox": {
             "text2img": task(
@@ -333,7 +333,7 @@ LTX_VIDEO = Family(
     attention_names=("attn1",),
     read_inputs=inputs.ltx_inputs,
     unbatched_inputs=frozenset({"rope_interpolation_scale"}),
-    perturbed_rows=AT_INPUT,  # its output modulation uses the pre-block timestep embedding
+    perturbed_rows=REPLAYED_PREFIX,  # its output modulation uses the pre-block timestep embedding
     pipelines={
         "ltx-video": {
             "text2img": task(
@@ -358,7 +358,7 @@ HUNYUAN_VIDEO = Family(
         Stack(spec="single", path="single_transformer_blocks", tokens=IMAGE_FIRST),
     ),
     read_inputs=inputs.latent_inputs(frame_axis=2),
-    perturbed_rows=AT_INPUT,  # its unpatchify reshapes by the input batch size
+    perturbed_rows=REPLAYED_PREFIX,  # its unpatchify reshapes by the input batch size
     cfg=Cfg.SEPARATE_CALL,
     pipelines={
         "hunyuanvideo": {
@@ -381,7 +381,7 @@ MOCHI = Family(
     stacks=BLOCKS,  # asymmetric joint attention: its video queries come alone from to_q / norm_q
     attention_names=("attn1",),
     read_inputs=inputs.latent_inputs(frame_axis=2),
-    perturbed_rows=AT_INPUT,  # its unpatchify reshapes by the input batch size
+    perturbed_rows=REPLAYED_PREFIX,  # its unpatchify reshapes by the input batch size
     pipelines={
         "mochi": {
             "text2img": task(

@@ -20,7 +20,7 @@ from ..core.context import SegCall
 from ..core.guidance import SegConfig
 from ..core.layers import BlockInventory, resolve_block_layers
 from ..families import Family, family_of_denoiser
-from ..hooks import DenoiserPlan, ForkPlan, HostStep, OutputUnit, QueryTarget, SegHooks
+from ..hooks import DenoiserPlan, ForkPlan, HostStep, OutputUnit, QueryTarget, ReplayPlan, SegHooks
 from .progress import LoopProgress
 from .queries import query_source
 
@@ -81,11 +81,54 @@ def transformer_query_targets(model: nn.Module, names: Sequence[str], family: Fa
     return targets
 
 
+def _blocks_in_order(model: nn.Module, family: Family) -> list[tuple[str, int, nn.Module]]:
+    """(block list path, index, block) of every block in execution order."""
+    paths = family.fork_stacks or tuple(stack.path for stack in family.stacks)
+    return [(path, i, block) for path in paths for i, block in enumerate(_block_list(model, path))]
+
+
+def _first_seg_block(ordered: list[tuple[str, int, nn.Module]], names: Sequence[str]) -> int:
+    return next(i for i, (path, index, _) in enumerate(ordered) if any(n.startswith(f"{path}.{index}.") for n in names))
+
+
+def transformer_replay_plan(model: nn.Module, names: Sequence[str], family: Family) -> ReplayPlan:
+    """The blocks before the first SEG block, per block list (each list's own run of them)."""
+    ordered = _blocks_in_order(model, family)
+    prefixes: dict[str, list[nn.Module]] = {}
+    for path, _, block in ordered[: _first_seg_block(ordered, names)]:
+        prefixes.setdefault(path, []).append(block)
+    return ReplayPlan(tuple(tuple(blocks) for blocks in prefixes.values()), replace_forward)
+
+
+def replace_forward(block: nn.Module, forward: Callable[..., Any], name: str) -> _RegistryHandle:
+    """Replace ``block``'s forward by ``forward(original, *args, **kwargs)`` through diffusers' ``HookRegistry``
+    (the hook point diffusers' own layer-skip and cache hooks use)."""
+    from diffusers.hooks import HookRegistry, ModelHook
+
+    class ReplacedForward(ModelHook):
+        def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            return forward(self.fn_ref.original_forward, *args, **kwargs)
+
+    registry = HookRegistry.check_if_exists_or_initialize(block)
+    registry.register_hook(ReplacedForward(), name)
+    return _RegistryHandle(registry, name)
+
+
+class _RegistryHandle:
+    """A diffusers ``HookRegistry`` hook with the ``remove()`` of a torch hook handle."""
+
+    def __init__(self, registry: Any, name: str) -> None:
+        self.registry, self.name = registry, name
+
+    def remove(self) -> None:
+        if self.name in self.registry.hooks:
+            self.registry.remove_hook(self.name, recurse=False)
+
+
 def transformer_fork_plan(model: nn.Module, names: Sequence[str], family: Family) -> ForkPlan:
     """Fork at the first block holding a SEG layer; later blocks and the output modules get widened inputs."""
-    paths = family.fork_stacks or tuple(stack.path for stack in family.stacks)
-    ordered = [(f"{path}.{i}", block) for path in paths for i, block in enumerate(_block_list(model, path))]
-    first = next(i for i, (prefix, _) in enumerate(ordered) if any(n.startswith(prefix + ".") for n in names))
+    ordered = [(f"{path}.{i}", block) for path, i, block in _blocks_in_order(model, family)]
+    first = _first_seg_block(_blocks_in_order(model, family), names)
     outputs = tuple(getattr(model, name) for name in family.output_modules)
     blocks = tuple(block for _, block in ordered[first:]) + outputs
     return ForkPlan(blocks, lambda args, kwargs, rows, cond: (args, kwargs))
@@ -207,6 +250,7 @@ def attach_seg_to_transformer(
         tuple(transformer_query_targets(model, names, family)),
         UNDO_HINT,
         transformer_fork_plan(model, names, family) if share_prefix and family.forks and family.shares_prefix else None,
+        transformer_replay_plan(model, names, family) if share_prefix and family.replays_prefix else None,
         read_inputs=lambda args, kwargs: family.read_inputs(model, args, kwargs),
         unbatched=family.unbatched_inputs,
         query_source=lambda target: query_source(target.attention, family.query_token_dim).module,

@@ -354,16 +354,19 @@ def test_demo_writes_a_grid_at_the_measured_settings_and_explains_it(tmp_path, c
     assert "'seg-toy' model" in out and "lowest unconditional Fréchet distance" in out and "empty prompt" in out
     path = Path(out.split("Wrote ")[1].split(":")[0])
     record = read_png_settings(path)[1]
-    scale, sigma = testbed("seg-toy").measured.seg
-    cfg, combined, combined_sigma = testbed("seg-toy").measured.cfg_seg
+    measured = testbed("seg-toy").measured
+    scale, sigma = measured.seg
+    cfg, combined, combined_sigma = measured.cfg_seg
     label = "inf" if math.isinf(sigma) else f"{sigma:g}"
     combined_label = "inf" if math.isinf(combined_sigma) else f"{combined_sigma:g}"
+    words = {"better": "better than", "worse": "worse than", "no difference detected": "not better than"}
     assert record["demo"] == [
         "vanilla",
         f"CFG {cfg:g}",
-        f"SEG {scale:g} sigma={label} (measured best)",
-        "SEG 3 sigma=inf (paper default)",
-        f"CFG {cfg:g} + SEG {combined:g} sigma={combined_label} (measured best)",
+        f"SEG {scale:g} sigma={label} (best found; {words[measured.seg_vs_vanilla]} vanilla on fresh seeds)",
+        f"SEG 3 sigma=inf (paper default; {words[measured.paper_vs_vanilla]} vanilla on fresh seeds)",
+        f"CFG {cfg:g} + SEG {combined:g} sigma={combined_label} "
+        f"(best found; {words[measured.cfg_seg_vs_cfg]} CFG {cfg:g} on fresh seeds)",
     ]
     assert f"scale {scale:g}" in out
     width, height = Image.open(path).size

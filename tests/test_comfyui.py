@@ -529,3 +529,54 @@ def test_the_node_schema_takes_the_inputs_users_expect(comfy, node):
     assert inputs["blur_sigma"].default > 9999 and inputs["blur_sigma"].max > 9999  # ∞, as the official SEG
     assert (inputs["start_percent"].default, inputs["end_percent"].default) == (0.0, 1.0)
     assert inputs["layers"].default == ""
+
+
+# The replayed prefix in DiTs ----------------------------------------------------------------------------------
+DIT_PREFIX = {  # builder, conditioning, latent, a prefix block and the first SEG block (the default layer)
+    "flux": (tiny_flux, flux_conditioning, (1, 16, 10, 14), "double_blocks.1", "single_blocks.0"),
+    "sd3": (tiny_sd3, sd3_conditioning, (1, 16, 10, 13), "joint_blocks.0", "joint_blocks.1"),
+    "wan": (tiny_wan, wan_conditioning, (1, 16, 3, 10, 13), "blocks.0", "blocks.1"),
+    "hunyuanvideo": (
+        tiny_hunyuan_video,
+        hunyuan_video_conditioning,
+        (1, 16, 3, 10, 14),
+        "double_blocks.0",
+        "single_blocks.0",
+    ),
+}
+
+
+@pytest.mark.parametrize("cfg", [4.0, 1.0])
+@pytest.mark.parametrize("family", list(DIT_PREFIX))
+def test_dit_perturbed_pass_replays_the_blocks_before_the_first_seg_block(comfy, node, family, cfg):
+    """Each block before the first SEG block only feeds the next, so the perturbed pass returns the last such
+    block's recorded cond-row output from all of them and none runs (the reference tests above hold with it)."""
+    build, conditioning, shape, prefix_block, seg_block = DIT_PREFIX[family]
+    model = build(comfy)
+    latent = torch.zeros(shape)
+    positive, negative = conditioning(9)
+    patched = apply_node(node, model, blur_sigma=2.0)
+    patch = patched.model_options["sampler_post_cfg_function"][-1]
+    block = model.model.diffusion_model.get_submodule(prefix_block)
+    inside = next(name for name, module in block.named_modules() if isinstance(module, torch.nn.Linear))
+    runs = {}
+    prefix_calls = calls_of(
+        model,
+        f"{prefix_block}.{inside}",
+        lambda: runs.setdefault("ours", sample(comfy, patched, positive, negative, latent, cfg)),
+    )
+    guided = 2 if cfg > 1 else 1
+    assert len(prefix_calls) == 3 and patch.prefix.replayed == 3  # once per step, never in the perturbed pass
+    seg_inside = next(
+        name
+        for name, module in model.model.diffusion_model.get_submodule(seg_block).named_modules()
+        if isinstance(module, torch.nn.Linear)
+    )
+    seg_calls = calls_of(
+        model, f"{seg_block}.{seg_inside}", lambda: sample(comfy, patched, positive, negative, latent, cfg)
+    )
+    assert len(seg_calls) == 6 and guided in seg_calls  # the guided call and the perturbed pass, every step
+    full = model.clone()  # the same SEG, every block run again
+    full.set_model_sampler_post_cfg_function(node.seg_patch(model, 3.0, 2.0))
+    plain = sample(comfy, model, positive, negative, latent, cfg)
+    assert_matches(runs["ours"], sample(comfy, full, positive, negative, latent, cfg), plain)

@@ -222,7 +222,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.mark.parametrize("name", ["seg-toy", "seg-clutter"])
 def test_measured_defaults_are_the_best_settings_of_the_committed_sweep(name):
-    """The demo's and the UI's SEG settings are read off the committed sweep, recomputed here from its JSON."""
+    """The demo's and the UI's SEG settings are read off the committed sweep, and their verdicts off the committed
+    confirmation on fresh seeds, both recomputed here from the JSON."""
     from smoothed_energy_guidance.toy.testbeds import testbed
 
     data = json.loads((BENCHMARKS / f"quality-{name}.json").read_text(encoding="utf-8"))
@@ -233,6 +234,29 @@ def test_measured_defaults_are_the_best_settings_of_the_committed_sweep(name):
     measured = testbed(name).measured
     assert measured.seg == (best["seg_scale"], best["sigma"])
     assert measured.cfg_seg == (best_combined["cfg"], best_combined["seg_scale"], best_combined["sigma"])
+    confirmation = json.loads((BENCHMARKS / f"confirmation-{name}.json").read_text(encoding="utf-8"))
+    assert not set(confirmation["seeds"]) & set(data["seeds"]) and len(confirmation["seeds"]) >= 6
+    verdicts = {(c["setting"], c["baseline"]): c["verdict"] for c in confirmation["comparisons"]}
+    picked = best["setting"]
+    assert measured.seg_vs_vanilla == verdicts[(picked, "vanilla")]
+    assert measured.paper_vs_vanilla == verdicts[("SEG 3 σ=∞", "vanilla")]
+    assert measured.cfg_seg_vs_cfg == verdicts[(best_combined["setting"], f"CFG {best_combined['cfg']:g}")]
+
+
+def test_the_interface_never_starts_at_a_setting_confirmed_worse_than_its_baseline():
+    from smoothed_energy_guidance.cli.demo import interface_defaults
+    from smoothed_energy_guidance.toy.testbeds import TESTBEDS
+
+    for name, bed in TESTBEDS.items():
+        prompt, cfg, scale, sigma, why = interface_defaults(name)
+        measured = bed.measured
+        if (cfg, scale, sigma) == measured.cfg_seg:
+            assert prompt and measured.cfg_seg_vs_cfg != "worse"
+        else:  # the prompted pick was worse than CFG alone: SEG alone on the empty prompt
+            assert measured.cfg_seg_vs_cfg == "worse" and prompt == "" and cfg == 1.0
+            assert (scale, sigma) == measured.seg and measured.seg_vs_vanilla != "worse"
+            assert "worse than CFG" in why
+        assert scale > 0  # the page's comparison always shows SEG
 
 
 def test_committed_quality_tables_and_plots_come_from_the_committed_results(tmp_path):

@@ -98,11 +98,11 @@ def _fetch_png(page, src: str) -> bytes:
 def test_page_compares_in_a_real_browser(studio, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from smoothed_energy_guidance.cli.demo import measured_prompted_defaults
+    from smoothed_energy_guidance.cli.demo import interface_defaults
     from smoothed_energy_guidance.ui.app import PAGE_CSS
 
     app = build_app(studio=studio)  # the bundled trained model, at its measured defaults (the README screenshot)
-    _, measured_scale, _ = measured_prompted_defaults()
+    _, _, measured_scale, _, _ = interface_defaults()
     port = _free_port()
     app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, css=PAGE_CSS)
     flags = [

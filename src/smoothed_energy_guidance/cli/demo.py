@@ -27,18 +27,33 @@ def demo_prompts(bed: Testbed) -> tuple[str, ...]:
     return (*(bed.domain.random_scene(rng).caption for _ in range(3)), "")
 
 
+def on_fresh_seeds(verdict: str, baseline: str) -> str:
+    """A confirmation verdict in words: 'better than vanilla on fresh seeds', 'not better than CFG 5 …'."""
+    words = {"better": "better than", "worse": "worse than", "no difference detected": "not better than"}[verdict]
+    return f"{words} {baseline} on fresh seeds"
+
+
 def demo_columns(bed: Testbed) -> tuple[tuple[str, dict[str, Any]], ...]:
-    """Column label → changes to the base settings (CFG off, SEG off). The SEG columns use the settings
-    the quality sweep measured best for this model (``Testbed.measured``), beside the paper's default."""
-    scale, sigma = bed.measured.seg
-    cfg, combined_scale, combined_sigma = bed.measured.cfg_seg
+    """Column label → changes to the base settings (CFG off, SEG off). The SEG columns: the settings the quality
+    sweep found best for this model (``Testbed.measured``) and the paper's default, each labelled with what the
+    confirmation on fresh seeds said of it."""
+    measured = bed.measured
+    scale, sigma = measured.seg
+    cfg, combined_scale, combined_sigma = measured.cfg_seg
     return (
         ("vanilla", {}),
         (f"CFG {cfg:g}", {"cfg": cfg}),
-        (f"SEG {scale:g} sigma={_sigma(sigma)} (measured best)", {"seg_scale": scale, "blur_sigma": sigma}),
-        ("SEG 3 sigma=inf (paper default)", {"seg_scale": 3.0, "blur_sigma": math.inf}),
         (
-            f"CFG {cfg:g} + SEG {combined_scale:g} sigma={_sigma(combined_sigma)} (measured best)",
+            f"SEG {scale:g} sigma={_sigma(sigma)} (best found; {on_fresh_seeds(measured.seg_vs_vanilla, 'vanilla')})",
+            {"seg_scale": scale, "blur_sigma": sigma},
+        ),
+        (
+            f"SEG 3 sigma=inf (paper default; {on_fresh_seeds(measured.paper_vs_vanilla, 'vanilla')})",
+            {"seg_scale": 3.0, "blur_sigma": math.inf},
+        ),
+        (
+            f"CFG {cfg:g} + SEG {combined_scale:g} sigma={_sigma(combined_sigma)} "
+            f"(best found; {on_fresh_seeds(measured.cfg_seg_vs_cfg, f'CFG {cfg:g}')})",
             {"cfg": cfg, "seg_scale": combined_scale, "blur_sigma": combined_sigma},
         ),
     )
@@ -65,14 +80,33 @@ def run_demo(out: Path, progress: bool = True, overwrite: bool = False, model: s
     scale, sigma = bed.measured.seg
     message = (
         f"Wrote {path}: the bundled '{bed.name}' model (procedural scenes), same seed in every cell; columns are "
-        f"no guidance, CFG, SEG at the scale and σ that gave the lowest unconditional Fréchet distance in "
-        f"benchmarks/QUALITY.md (scale {scale:g}, σ = {_sigma(sigma)}), SEG at the paper's default (scale 3, "
-        "σ = ∞) and CFG with SEG at its measured best. SEG needs no prompt: compare the last row, the empty "
-        "prompt, where CFG can do nothing."
+        f"no guidance, CFG, SEG at the scale and σ that gave the lowest unconditional Fréchet distance in the "
+        f"sweep of benchmarks/QUALITY.md (scale {scale:g}, σ = {_sigma(sigma)}), SEG at the paper's default (scale "
+        "3, σ = ∞) and CFG with SEG at its best found; each label says what the confirmation on fresh seeds "
+        "found. SEG needs no prompt: compare the last row, the empty prompt, where CFG can do nothing."
     )
     return path, message
 
 
-def measured_prompted_defaults(model: str = TOY_MODEL) -> tuple[float, float, float]:
-    """(CFG, SEG scale, σ) the quality sweep chose for prompted sampling on a bundled model (the UI's defaults)."""
-    return testbed(model).measured.cfg_seg
+#: The UI's prompt where its defaults are prompted ones.
+DEFAULT_PROMPT = "a red circle on the left, green ground, blue sky"
+
+
+def interface_defaults(model: str = TOY_MODEL) -> tuple[str, float, float, float, str]:
+    """(prompt, CFG, SEG scale, σ, why) the UI starts with on a bundled model: only a setting the confirmation on
+    fresh seeds did not find worse than its baseline. CFG + SEG at its best found where it held up against CFG
+    alone; else SEG alone on the empty prompt at its best found, where it held up against no guidance."""
+    measured = testbed(model).measured
+    cfg, scale, sigma = measured.cfg_seg
+    if measured.cfg_seg_vs_cfg != "worse":
+        verdict = on_fresh_seeds(measured.cfg_seg_vs_cfg, f"CFG {cfg:g}")
+        why = f"CFG {cfg:g} + SEG {scale:g}, σ = {_sigma(sigma)}: {verdict}"
+        return DEFAULT_PROMPT, cfg, scale, sigma, why
+    seg_scale, seg_sigma = measured.seg if measured.seg_vs_vanilla != "worse" else (0.0, math.inf)
+    why = (
+        f"on the bundled '{model}' model, CFG {cfg:g} + SEG {scale:g} (σ = {_sigma(sigma)}) was "
+        f"{on_fresh_seeds('worse', f'CFG {cfg:g}')}, so the page starts without a prompt, where SEG "
+        f"{seg_scale:g} (σ = {_sigma(seg_sigma)}) was {on_fresh_seeds(measured.seg_vs_vanilla, 'no guidance')} "
+        "(benchmarks/QUALITY.md)"
+    )
+    return "", 1.0, seg_scale, seg_sigma, why

@@ -43,9 +43,9 @@ class ComfyFamily:
     # levels halve the latent instead
     patch_size: Callable[[nn.Module], tuple[int, ...]] | None = None
     text_first: bool = False  # some layers' queries open with the text tokens (Flux's single blocks)
-    # the layers that run before the first SEG layer, in call order (their outputs are replayed in the
-    # perturbed pass: .prefix); None: the family's perturbed pass runs in full
-    prefix: Callable[[nn.Module, Sequence[QueryLayer]], tuple[str, ...]] | None = None
+    # the layers that run before the first SEG layer, in call order, each with the layer whose recorded output
+    # it returns in the perturbed pass (.prefix); None: the family's perturbed pass runs in full
+    prefix: Callable[[nn.Module, Sequence[QueryLayer]], tuple[tuple[str, str], ...]] | None = None
 
 
 def unet_inventory(model: nn.Module) -> AttentionInventory:
@@ -69,9 +69,9 @@ def unet_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLay
     return tuple(QueryLayer(name, modules[f"{name}.to_q"]) for name in resolve_layers(specs, inventory))
 
 
-def unet_prefix(model: nn.Module, layers: Sequence[QueryLayer]) -> tuple[str, ...]:
+def unet_prefix(model: nn.Module, layers: Sequence[QueryLayer]) -> tuple[tuple[str, str], ...]:
     """The UNet's block layers (``input_blocks.i.j``, then ``middle_block.j``) before the first one holding a SEG
-    query: the model's forward calls them in this order, and nothing before them depends on the blur."""
+    query, each replaying its own output: the skip connections read every one of them."""
     queries = {id(layer.module) for layer in layers}
     prefix = []
     for part in ("input_blocks", "middle_block"):
@@ -83,8 +83,28 @@ def unet_prefix(model: nn.Module, layers: Sequence[QueryLayer]) -> tuple[str, ..
                 if any(id(module) in queries for module in layer.modules()):
                     return tuple(prefix)
                 name = f"{part}.{index}.{position}" if part == "input_blocks" else f"{part}.{position}"
-                prefix.append(name)
+                prefix.append((name, name))
     return tuple(prefix)
+
+
+def block_prefix(*paths: str):
+    """Block stacks run one after another (``paths``, in call order) where each block only feeds the next: the
+    blocks before the first SEG block, each returning in the perturbed pass the recorded output of the last of
+    them in its stack (so one output per stack is kept, not one per block)."""
+
+    def prefix(model: nn.Module, layers: Sequence[QueryLayer]) -> tuple[tuple[str, str], ...]:
+        names = [layer.name for layer in layers]
+        pairs: list[tuple[str, str]] = []
+        for path in paths:
+            stack = [f"{path}.{i}" for i in range(len(getattr(model, path, ())))]
+            first = next((i for i, b in enumerate(stack) if any(n == b or n.startswith(b + ".") for n in names)), None)
+            run = stack if first is None else stack[:first]
+            pairs += [(block, run[-1]) for block in run]
+            if first is not None:
+                break
+        return tuple(pairs)
+
+    return prefix
 
 
 def _deepest_level(model: nn.Module, inventory: AttentionInventory) -> str:
@@ -187,24 +207,28 @@ FAMILIES = (
         layers=flux_layers,
         patch_size=lambda model: (int(model.patch_size),) * 2,
         text_first=True,
+        prefix=block_prefix("double_blocks", "single_blocks"),
     ),
     ComfyFamily(
         name="Stable Diffusion 3/3.5",
         diffusion_model_classes=("MMDiT",),
         layers=sd3_layers,
         patch_size=lambda model: (int(model.patch_size),) * 2,
+        prefix=block_prefix("joint_blocks"),
     ),
     ComfyFamily(
         name="Qwen-Image",
         diffusion_model_classes=("QwenImageTransformer2DModel",),
         layers=qwen_image_layers,
         patch_size=lambda model: (1, int(model.patch_size), int(model.patch_size)),  # latents (B, C, 1, H, W)
+        prefix=block_prefix("transformer_blocks"),
     ),
     ComfyFamily(
         name="PixArt-α/Σ",
         diffusion_model_classes=("PixArtMS",),
         layers=stack_layers("blocks", "attn.q_norm"),  # an identity unless the model norms its queries
         patch_size=lambda model: (int(model.patch_size),) * 2,
+        prefix=block_prefix("blocks"),
     ),
     ComfyFamily(
         name="HunyuanDiT",
@@ -217,24 +241,28 @@ FAMILIES = (
         diffusion_model_classes=("WanModel",),
         layers=wan_layers,
         patch_size=lambda model: tuple(int(side) for side in model.patch_size),
+        prefix=block_prefix("blocks"),
     ),
     ComfyFamily(
         name="HunyuanVideo",
         diffusion_model_classes=("HunyuanVideo",),
         layers=hunyuan_video_layers,
         patch_size=lambda model: tuple(int(side) for side in model.patch_size),
+        prefix=block_prefix("double_blocks", "single_blocks"),
     ),
     ComfyFamily(
         name="LTX-Video",
         diffusion_model_classes=("LTXVModel",),
         layers=ltx_video_layers,
         patch_size=lambda model: tuple(int(side) for side in model.patchifier.patch_size),
+        prefix=block_prefix("transformer_blocks"),
     ),
     ComfyFamily(
         name="Mochi",
         diffusion_model_classes=("AsymmDiTJoint",),
         layers=mochi_layers,
         patch_size=lambda model: (1, int(model.patch_size), int(model.patch_size)),
+        prefix=block_prefix("blocks"),
     ),
 )
 

@@ -120,13 +120,13 @@ def share_prefix(model, patch: SegPatch) -> PrefixReplay | None:
 
     diffusion_model = model.model.diffusion_model
     family, layers = patch.resolve(diffusion_model, type(model.model.model_config).__name__)
-    names = family.prefix(diffusion_model, layers) if family.prefix is not None else ()
-    if not names:
+    pairs = family.prefix(diffusion_model, layers) if family.prefix is not None else ()
+    if not pairs:
         return None
     replay = PrefixReplay(patch.active_at)
-    for name in names:
+    for name, source in pairs:
         key = f"diffusion_model.{name}.forward"
-        model.add_object_patch(key, replay.layer_forward(name, model.get_model_object(key)))
+        model.add_object_patch(key, replay.layer_forward(name, model.get_model_object(key), source))
     model.add_wrapper_with_key(WrappersMP.APPLY_MODEL, PREFIX_WRAPPER_KEY, replay.apply_model_wrapper)
     patch.prefix = replay
     return replay

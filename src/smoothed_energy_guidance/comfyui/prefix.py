@@ -3,7 +3,9 @@ replay the outputs they computed for the cond rows of the step's guided call.
 
 Nothing before the first blurred query differs between the cond prediction and the perturbed one, so those
 layers need not run twice. The guided call (ComfyUI's batched cond / uncond call, or the cond-only call at
-CFG 1) records the cond rows' output of each prefix layer; the perturbed pass returns them instead of running
+CFG 1) records the cond rows' output of the prefix layers (a UNet's every one, read again by its skip
+connections; a DiT stack's last prefix block, since each block only feeds the next); the perturbed pass returns
+them instead of running
 the layers, but only when every input of its model call equals the recorded cond rows' inputs (latent, sigma,
 conditioning, ControlNet residuals, extra conds). Anything else (area or masked conds split into several calls,
 another patch changing the inputs) runs in full, so the result is SEG's in every case and faster in the
@@ -40,6 +42,20 @@ def _rows(tensors: list[torch.Tensor | None], batch: int, rows: slice) -> list[t
     return [t[rows] if t is not None and t.dim() > 0 and t.shape[0] == batch else t for t in tensors]
 
 
+def _take_rows(value: Any, rows: slice) -> Any:
+    """The given rows of a layer output (a tensor, or a tuple of tensors as DiT blocks return)."""
+    if isinstance(value, torch.Tensor):
+        return value[rows]
+    return type(value)(_take_rows(item, rows) for item in value)
+
+
+def _fresh_copy(value: Any) -> Any:
+    """A copy with its own storage (the host adds residuals to block outputs in place)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    return type(value)(_fresh_copy(item) for item in value)
+
+
 def _same(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) -> bool:
     if len(a) != len(b):
         return False
@@ -66,21 +82,28 @@ class PrefixReplay:
         self._mode: str | None = None  # "record", "replay" or None
         self._rows = slice(None)
         self._inputs: list[torch.Tensor | None] | None = None
-        self._outputs: dict[str, torch.Tensor] = {}
+        self._outputs: dict[str, Any] = {}
+        self._sources: set[str] = set()  # the layers whose outputs a replay needs
 
     def clear(self) -> None:
         """Forget the recorded step (its tensors are freed)."""
         self._inputs, self._outputs = None, {}
 
-    def layer_forward(self, name: str, original: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        """The forward of prefix layer ``name``: ``original``, recording or replaying its cond rows."""
+    def layer_forward(
+        self, name: str, original: Callable[..., Any], source: str | None = None
+    ) -> Callable[..., Any]:
+        """The forward of prefix layer ``name``: ``original``, recording its cond rows (where it is its own
+        ``source``) or, in the perturbed pass, returning the recorded output of layer ``source`` (default: its
+        own; in a block stack, the last prefix block's, since each block only feeds the next)."""
+        source = source or name
+        self._sources.add(source)
 
-        def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+        def forward(*args: Any, **kwargs: Any) -> Any:
             if self._mode == "replay":
-                return self._outputs.pop(name)
+                return _fresh_copy(self._outputs[source])
             output = original(*args, **kwargs)
-            if self._mode == "record":
-                self._outputs[name] = output[self._rows].clone()  # its own storage: the batch can be freed
+            if self._mode == "record" and source == name:
+                self._outputs[name] = _fresh_copy(_take_rows(output, self._rows))  # own storage: the batch can go
             return output
 
         return forward
@@ -93,7 +116,8 @@ class PrefixReplay:
         if not self.active_at(t):
             return executor(x, t, *args, **kwargs)
         if self.perturbing:
-            mode = "replay" if self._inputs is not None and _same(inputs, self._inputs) else None
+            recorded = self._inputs is not None and self._sources <= self._outputs.keys()
+            mode = "replay" if recorded and _same(inputs, self._inputs) else None
             return self._run(mode, executor, x, t, *args, **kwargs)
         marks = list(options.get("cond_or_uncond", ()))
         if marks.count(COND) != 1 or x.shape[0] % len(marks):

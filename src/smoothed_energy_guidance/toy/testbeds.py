@@ -29,15 +29,20 @@ class TextEncoders:
 
 @dataclass(frozen=True)
 class Measured:
-    """Settings chosen from a testbed's committed quality sweep (benchmarks/quality-<name>.json); a test
-    recomputes them from that file.
+    """Settings picked by a testbed's committed quality sweep (benchmarks/quality-<name>.json) and what the
+    confirmation on fresh seeds (benchmarks/confirmation-<name>.json) said of them; a test recomputes both.
 
     ``seg``: (scale, σ) with the lowest mean unconditional FD; ``cfg_seg``: (CFG, SEG scale, σ) of the
-    CFG + SEG setting with the lowest mean conditional FD.
+    CFG + SEG setting with the lowest mean conditional FD. The verdicts ("better", "worse" or "no difference
+    detected", Holm-adjusted) compare ``seg`` with vanilla sampling, the paper's default (scale 3, σ = ∞) with
+    vanilla sampling, and ``cfg_seg`` with CFG alone.
     """
 
     seg: tuple[float, float]
     cfg_seg: tuple[float, float, float]
+    seg_vs_vanilla: str
+    paper_vs_vanilla: str
+    cfg_seg_vs_cfg: str
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,13 @@ TESTBEDS = {
         scenes,
         unet=dict(block_out_channels=(48, 96), attention_head_dim=(4, 4), transformer_layers_per_block=(1, 2)),
         vae_channels=(32, 32),
-        measured=Measured(seg=(3.0, 1.0), cfg_seg=(5.0, 3.0, 1.0)),
+        measured=Measured(
+            seg=(3.0, 1.0),
+            cfg_seg=(5.0, 3.0, 1.0),
+            seg_vs_vanilla="better",
+            paper_vs_vanilla="worse",
+            cfg_seg_vs_cfg="worse",
+        ),
         training=dict(vae_steps=800, unet_steps=3500, feature_steps=800, batch=32),
     ),
     "seg-clutter": Testbed(

@@ -94,7 +94,13 @@ TESTBEDS = {
         # SEG's default layer (mid) sees the 16 × 16 grid of the 32 × 32 latent
         unet=dict(block_out_channels=(64, 128), attention_head_dim=(8, 8), transformer_layers_per_block=(1, 1)),
         vae_channels=(32, 48),
-        measured=Measured(seg=(3.0, 4.0), cfg_seg=(5.0, 3.0, 1.0)),
+        measured=Measured(
+            seg=(3.0, 4.0),
+            cfg_seg=(5.0, 3.0, 1.0),
+            seg_vs_vanilla="no difference detected",
+            paper_vs_vanilla="worse",
+            cfg_seg_vs_cfg="no difference detected",
+        ),
         training=dict(vae_steps=500, text_steps=400, unet_steps=2000, feature_steps=800, batch=16),
         # captions of 70 bytes naming seven attributes need deeper encoders than the toy's
         text=TextEncoders(hidden=(64, 96), layers=3, intermediate=256, projection=64),

@@ -271,6 +271,12 @@ def test_committed_quality_tables_and_plots_come_from_the_committed_results(tmp_
         assert len(results["seeds"]) >= 3
         write_reports(results, tmp_path, results["command"])
         assert (BENCHMARKS / f"{path.stem}.png").exists()
+    confirmations = sorted(BENCHMARKS.glob("confirmation-*.json"))
+    assert {path.stem for path in confirmations} >= {"confirmation-seg-toy", "confirmation-seg-clutter"}
+    for path in confirmations:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        assert results["command"].startswith(f"seg eval --testbed {results['testbed']} --confirm")
+        write_reports(results, tmp_path, results["command"])
     assert (tmp_path / "QUALITY.md").read_text(encoding="utf-8") == (BENCHMARKS / "QUALITY.md").read_text(
         encoding="utf-8"
     )

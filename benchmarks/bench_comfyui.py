@@ -147,7 +147,7 @@ def prefix_memory(comfy, node) -> list[str]:
     diffusion_model = model.model.diffusion_model
     patch = node.seg_patch(model, 3.0, 2.0)
     family, layers = patch.resolve(diffusion_model, "SDXL")
-    prefix = {diffusion_model.get_submodule(name) for name in family.prefix(diffusion_model, layers)}
+    prefix = {diffusion_model.get_submodule(name) for name, _ in family.prefix(diffusion_model, layers)}
     kept, work = [0], {"prefix": 0, "all": 0}
 
     def keep(module, inputs, output):

@@ -418,8 +418,9 @@ ROWS = {
 }
 
 
-def step_runners(model, inputs, batched: bool):
-    """(CFG step, SEG + CFG step) as the family's pipeline runs them."""
+def step_runners(model, inputs, batched: bool, share_prefix: bool = True):
+    """(CFG step, SEG + CFG step) as the family's pipeline runs them (``share_prefix=False``: the perturbed rows
+    join at the input, a whole extra pass)."""
     config = SegConfig(blur_sigma=10.0)
     pair, single = inputs(2), inputs(1)
 
@@ -437,7 +438,7 @@ def step_runners(model, inputs, batched: bool):
 
     def seg_cfg() -> float:
         start = time.perf_counter()
-        hooks = attach_seg_to_transformer(model, config, read_host)
+        hooks = attach_seg_to_transformer(model, config, read_host, share_prefix)
         try:
             with torch.no_grad(), hooks.serving():
                 model(**(pair if batched else single))
@@ -557,28 +558,33 @@ def main() -> None:
     args = parser.parse_args()
     lines = [
         "| family | CFG as | perturbed rows | SEG layer (default) | CFG step (s) | SEG + CFG step (s) | ratio "
-        "| FLOP-model limit | CFG again | kept for the replay, per image |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| FLOP-model limit | CFG again | kept for the replay, per image | the same SEG, rows at the input |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, build in FAMILIES.items():
         torch.manual_seed(0)
         model, inputs, batched = build()
         model.eval()
         cfg, seg_cfg = step_runners(model, inputs, batched)
-        cfg(), seg_cfg()  # warm-up
-        times = {"cfg": [], "seg": [], "again": []}
+        order = [("cfg", cfg), ("seg", seg_cfg), ("again", cfg)]
+        if transformer_family(model).replays_prefix:  # side by side: the same SEG with its rows at the input
+            order.append(("input", step_runners(model, inputs, batched, share_prefix=False)[1]))
+        for _, run in order:
+            run()  # warm-up
+        times = {name: [] for name, _ in order}
         for round_index in range(args.rounds):
-            order = [("cfg", cfg), ("seg", seg_cfg), ("again", cfg)]
-            for name, run in order[round_index % 3 :] + order[: round_index % 3]:
+            shift = round_index % len(order)
+            for name, run in order[shift:] + order[:shift]:
                 times[name].append(run())
         median = {name: statistics.median(values) for name, values in times.items()}
+        at_input = f"{median['input'] / median['cfg']:.3f}×" if "input" in median else "—"
         layer, limit, kept = flop_limit(model, inputs)
         how = "one batch of 2" if batched else "a second call"
         rows = ROWS[transformer_family(model).perturbed_rows.name]
         lines.append(
             f"| {label} | {how} | {rows} | `{layer}` | {median['cfg']:.3f} | {median['seg']:.3f} | "
             f"**{median['seg'] / median['cfg']:.3f}×** | {limit:.3f}× | {median['again'] / median['cfg']:.3f}× "
-            f"| {kept} |"
+            f"| {kept} | {at_input} |"
         )
         print(lines[-1], flush=True)
     notes = [

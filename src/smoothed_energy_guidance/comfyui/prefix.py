@@ -89,9 +89,7 @@ class PrefixReplay:
         """Forget the recorded step (its tensors are freed)."""
         self._inputs, self._outputs = None, {}
 
-    def layer_forward(
-        self, name: str, original: Callable[..., Any], source: str | None = None
-    ) -> Callable[..., Any]:
+    def layer_forward(self, name: str, original: Callable[..., Any], source: str | None = None) -> Callable[..., Any]:
         """The forward of prefix layer ``name``: ``original``, recording its cond rows (where it is its own
         ``source``) or, in the perturbed pass, returning the recorded output of layer ``source`` (default: its
         own; in a block stack, the last prefix block's, since each block only feeds the next)."""

@@ -96,7 +96,8 @@ class DenoiserPlan:
     ``read_inputs`` reads a call's batch, grid and token counts; inputs named in ``unbatched`` (position ids)
     are never given perturbed rows; ``query_source(target)`` names the module the attention's processor really
     takes its queries from now, so a swapped projection is refused instead of missed; ``undo_hint`` tells the
-    user how to recover from that.
+    user how to recover from that; ``skip_cause`` names what the host knows can skip blocks (a cache), for the
+    error when SEG's layers were not reached.
     """
 
     denoiser: nn.Module
@@ -109,6 +110,16 @@ class DenoiserPlan:
     query_source: Callable[[QueryTarget], nn.Module | None] = lambda target: getattr(
         target.attention, target.source, None
     )
+    # why blocks SEG needs may not have run, as the host can tell (e.g. a cache it enabled skips blocks); None:
+    # nothing the host knows of
+    skip_cause: Callable[[], str | None] = lambda: None
+
+    def missed_cause(self) -> str:
+        """What to tell the user when SEG's layers or replayed blocks did not run."""
+        return self.skip_cause() or (
+            "something skipped or replaced the blocks holding them (another hook on the model, such as a "
+            "layer-skip or cache hook, or a block replaced after SEG was enabled)"
+        )
 
 
 @dataclass(frozen=True)
@@ -436,8 +447,7 @@ class SegHooks:
         if missed:
             raise RuntimeError(
                 f"SEG ran a perturbed pass but {len(missed)} of its {len(targets)} layers were "
-                f"never reached (first: {missed[0]}), so their queries were not blurred. "
-                f"{self.plan.undo_hint}".strip()
+                f"never reached (first: {missed[0]}), so their queries were not blurred: {self.plan.missed_cause()}."
             )
         return state, call
 
@@ -460,7 +470,7 @@ class SegHooks:
             if len(state.recorded) != len(self.plan.replay.prefixes):
                 raise RuntimeError(
                     f"SEG's host call reached {len(state.recorded)} of the {len(self.plan.replay.prefixes)} "
-                    "blocks whose outputs its perturbed call replays; was a block replaced or skipped?"
+                    f"blocks whose outputs its perturbed call replays: {self.plan.missed_cause()}."
                 )
             output = self.plan.denoiser(*args, **kwargs)
         finally:

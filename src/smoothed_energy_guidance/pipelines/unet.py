@@ -11,6 +11,7 @@ from ..core.context import SegCall
 from ..core.guidance import SegConfig
 from ..core.layers import AttentionInventory, resolve_layers, unet_self_attention_inventory
 from ..hooks import DenoiserPlan, ForkPlan, HostStep, OutputUnit, QueryTarget, SegHooks, append_cond_rows
+from .caches import cache_skip_cause
 from .progress import LoopProgress
 from .queries import query_source
 
@@ -188,6 +189,11 @@ def attach_seg_to_unet(
     layer_names = resolve_layers(specs, inventory)
     fork = unet_fork_plan(model, layer_names) if share_prefix else None
     plan = DenoiserPlan(
-        unet, tuple(unet_query_targets(model, layer_names)), UNDO_HINT, fork, query_source=current_query_module
+        unet,
+        tuple(unet_query_targets(model, layer_names)),
+        UNDO_HINT,
+        fork,
+        query_source=current_query_module,
+        skip_cause=lambda: cache_skip_cause(model),
     )
     return SegHooks(plan, config, read_host, scope=scope, output=output).attach()

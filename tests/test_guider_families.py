@@ -191,8 +191,10 @@ def test_z_image_guider_runs_a_separate_perturbed_call_matching_the_reference():
         return torch.stack(model(x=[latent], t=torch.tensor([0.5]), cap_feats=[text], return_dict=False)[0])
 
     guider = seg.SmoothedEnergyGuidance(guidance_scale=4.0, blur_sigma=1.0)
-    calls = []
+    calls, prefix_calls = [], []
     handle = model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    inside = next(m for m in model.layers[0].modules() if isinstance(m, torch.nn.Linear))
+    prefix_handle = inside.register_forward_hook(lambda *_: prefix_calls.append(1))
     with torch.no_grad():
         guider.set_state(step=0, num_inference_steps=4, timestep=torch.tensor(500))
         batches = guider.prepare_inputs({"cap_feats": texts})
@@ -204,6 +206,7 @@ def test_z_image_guider_runs_a_separate_perturbed_call_matching_the_reference():
             guider.cleanup_models(model)
         ours = guider(batches)[0]
         handle.remove()
+        prefix_handle.remove()
         cond, uncond = predict(texts[0]), predict(texts[1])
         norm = model.layers[1].attention.norm_q  # the default: the middle of three blocks
         original = norm.forward
@@ -214,6 +217,7 @@ def test_z_image_guider_runs_a_separate_perturbed_call_matching_the_reference():
             del norm.forward
     assert [b.__guidance_identifier__ for b in batches] == ["pred_cond", "pred_uncond", "pred_cond_seg"]
     assert len(calls) == 3
+    assert prefix_calls == [1, 1]  # block 0 runs for cond and uncond; the perturbed call replays the cond's
     reference = uncond + 4.0 * (cond - uncond) + 3.0 * (cond - perturbed)
     assert (ours - reference).abs().max() <= TOLERANCE
     assert (perturbed - cond).abs().max() > MIN_EFFECT

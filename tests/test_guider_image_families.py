@@ -413,3 +413,31 @@ def test_modular_denoise_matches_the_reference_guider(name):
     assert (ours - reference).abs().max() <= TOLERANCE
     assert (plain - reference).abs().max() > MIN_EFFECT
     assert no_hooks_left(family.model)
+
+
+@pytest.mark.parametrize("build", [ernie_image, qwen_image21], ids=["ernie-image", "qwen-image-2.1"])
+def test_the_separate_perturbed_call_replays_the_cond_calls_prefix(build):
+    """These denoisers take no extra rows, so the guider asks for a perturbed call of its own; the blocks before
+    the first SEG block return what they computed in the cond call instead of running again (the result is the
+    reference's: test_guider_matches_the_reference)."""
+    family = build()
+    seg_block = family.default_layer.rsplit(".", 1)[0]  # e.g. layers.1
+    path, index = seg_block.rsplit(".", 1)
+    prefix_block = family.model.get_submodule(f"{path}.{int(index) - 1}")
+    inside = next(module for module in prefix_block.modules() if isinstance(module, torch.nn.Linear))
+    seg_inside = next(
+        module for module in family.model.get_submodule(seg_block).modules() if isinstance(module, torch.nn.Linear)
+    )
+    counts = {"prefix": 0, "seg": 0}
+    handles = [
+        inside.register_forward_hook(lambda *_: counts.__setitem__("prefix", counts["prefix"] + 1)),
+        seg_inside.register_forward_hook(lambda *_: counts.__setitem__("seg", counts["seg"] + 1)),
+    ]
+    try:
+        with torch.no_grad():
+            guided_step(seg.SmoothedEnergyGuidance(guidance_scale=4.0, blur_sigma=1.0), family)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert counts == {"prefix": 2, "seg": 3}  # cond and uncond; the perturbed call skips the prefix
+    assert no_hooks_left(family.model)

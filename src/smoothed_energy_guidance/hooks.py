@@ -87,6 +87,9 @@ class ReplayPlan:
     # the host's hook point that lets a hook replace a module's forward: (block, forward(original, *args,
     # **kwargs), name) → a handle with remove()
     replace_forward: Callable[[nn.Module, Callable[..., Any], str], Any]
+    # only for a host that makes the perturbed prediction as a call of its own and hands it the outputs it
+    # recorded in its cond call (the guider's separate perturbed batch): no call of SEG's own is made
+    whole_call_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,27 @@ def cond_rows_only(value: Any, host_rows: int, cond_rows: slice, unbatched: froz
     if isinstance(value, (list, tuple)):
         return type(value)(cond_rows_only(item, host_rows, cond_rows, unbatched) for item in value)
     return value
+
+
+def same_call_inputs(a: Any, b: Any) -> bool:
+    """Whether two denoiser calls' arguments are the same: equal tensors (shape, dtype, values) in the same
+    nested structure, equal other values."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and bool(torch.equal(a, b))
+        )
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_call_inputs(a[key], b[key]) for key in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_call_inputs(x, y) for x, y in zip(a, b, strict=True))
+    try:
+        return bool(a == b)
+    except Exception:  # objects without a plain equality
+        return a is b
 
 
 def _fresh_copy(value: Any) -> Any:
@@ -512,7 +536,6 @@ class AppendPerturbedRows:
         state = serving_call.state
         if state.phase == "replay":
             return None  # SEG's own perturbed call (ReplayPlan): its inputs are ready
-        state.phase, state.perturbed_inputs, state.recorded = None, None, {}
         if state.call is not None and hooks.output.one_call:
             # the one call these hooks served never reached its end (interrupted by an exception that no hook
             # sees, such as KeyboardInterrupt): they serve nothing more, and this call runs plain
@@ -544,9 +567,15 @@ class AppendPerturbedRows:
             state.call = PerturbedCall(
                 host, 0, host_rows, inputs.grid, seg_scale, inputs.text_tokens, frames=inputs.frames
             )
+            # the host recorded its cond call's prefix (ReplayPlan.whole_call_only): replay it if this call's
+            # inputs are that call's
+            handed = plan.replay is not None and state.recorded and state.perturbed_inputs is not None
+            replays = handed and same_call_inputs((args, kwargs), state.perturbed_inputs)
+            state.phase = "replay-own" if replays else None
             return None
+        state.phase, state.perturbed_inputs, state.recorded = None, None, {}
         forked = plan.fork is not None and inputs.shares_prefix
-        separate = plan.replay is not None and inputs.shares_prefix
+        separate = plan.replay is not None and not plan.replay.whole_call_only and inputs.shares_prefix
         state.call = call = PerturbedCall(
             host,
             host_rows,
@@ -649,7 +678,7 @@ def replay_block(block: nn.Module, hooks: SegHooks, index: int) -> Any:
 
     def forward(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         serving_call = hooks.serving_call()
-        if serving_call is not None and serving_call.state.phase == "replay":
+        if serving_call is not None and serving_call.state.phase in ("replay", "replay-own"):
             return _fresh_copy(serving_call.state.recorded[index])
         return original(*args, **kwargs)
 

@@ -7,7 +7,8 @@ prefix, blur their queries over the real grid, and hand the perturbed prediction
 which combines ``uncond + g·(cond − uncond) + s·(cond − perturbed)`` (DESIGN.md §2) in
 :meth:`forward`. No third full pass is run — except for denoisers that cannot take extra rows
 (Z-Image's per-sample lists, ERNIE-Image's sequence-first blocks): there the guider asks for a
-third, cond batch and blurs that whole call.
+third, cond batch and blurs that whole call, in which the blocks before the first SEG block return what they
+computed in the cond call (recorded there by :class:`PrefixRecorder`) when its inputs are the cond call's.
 
 The guider is an entry point: ``prepare_models(denoiser)`` opens the call context (:mod:`..context`)
 that lets its hooks act on that denoiser call, and ``cleanup_models`` closes it.
@@ -29,7 +30,7 @@ from ..core.blur import INFINITE_SIGMA_THRESHOLD
 from ..core.guidance import SegConfig, rescale_noise_cfg
 from ..families import guider_family_names
 from ..hooks import HandOverPerturbed, HostStep, SegHooks
-from .transformer import attach_seg_to_transformer, transformer_family
+from .transformer import attach_seg_to_transformer, seg_layer_names, transformer_family, transformer_replay_plan
 from .unet import attach_seg_to_unet
 
 _LAYER_NAMES = ("layers", "seg_guidance_layers", "seg_guidance_config")
@@ -38,6 +39,48 @@ _SETTING_NAMES = (("seg_guidance_scale", "scale"), ("seg_blur_sigma", "blur_sigm
 _UNSET_BY_DEFAULT = {"scale", "blur_sigma", *_LAYER_NAMES}  # None means "not given"
 
 _GUIDER_CALL = HostStep(cfg=False, guidance_scale=1.0, guidance_rescale=0.0, progress=0.0)
+
+
+class PrefixRecorder:
+    """Forward hooks for the guider's cond call of a separate-pass denoiser: keep the call's arguments and the
+    output of the last block before the first SEG block in each block list, for the perturbed call to replay."""
+
+    def __init__(self, denoiser: nn.Module, config: SegConfig) -> None:
+        model = getattr(denoiser, "_orig_mod", denoiser)
+        family, names = seg_layer_names(model, config)
+        prefixes = transformer_replay_plan(model, names, family).prefixes
+        self.inputs: tuple[tuple, dict] | None = None
+        self.outputs: dict[int, Any] = {}
+        self._handles = [denoiser.register_forward_pre_hook(self._keep_inputs, with_kwargs=True)]
+        for index, prefix in enumerate(prefixes):
+            self._handles.append(prefix[-1].register_forward_hook(self._keeper(index)))
+        self.prefixes = len(prefixes)
+
+    def _keep_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.inputs = (args, dict(kwargs))
+
+    def _keeper(self, index: int):
+        def keep(module: nn.Module, args: tuple, output: Any) -> None:
+            self.outputs[index] = _copied(output)  # the host may add to a block's output in place
+
+        return keep
+
+    def stop(self) -> None:
+        """Remove the hooks; what was recorded stays."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    def recorded(self) -> tuple[dict[int, Any], tuple[tuple, dict] | None]:
+        """(outputs, inputs) when every prefix output was recorded, else nothing to replay."""
+        if self.prefixes and len(self.outputs) == self.prefixes and self.inputs is not None:
+            return self.outputs, self.inputs
+        return {}, None
+
+
+def _copied(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    return type(value)(_copied(item) for item in value) if isinstance(value, (list, tuple)) else value
 
 
 def _layer_specs(layers: Any, seg_guidance_layers: Any, seg_guidance_config: Any) -> tuple | None:
@@ -148,6 +191,7 @@ class SmoothedEnergyGuidance(BaseGuidance):
         self._call_token = None  # the call context opened by prepare_models
         self._pred_perturbed: torch.Tensor | None = None
         self._separate_pass = False  # the denoiser cannot take perturbed rows inside the cond call
+        self._recorder: PrefixRecorder | None = None  # the cond call's prefix, for the separate perturbed call
         self._planned: tuple[list, Any] | None = None  # this step's batch list and a maker of one more batch
 
     # every configured name is the live setting, whichever name set it ------------------------------------
@@ -299,12 +343,18 @@ class SmoothedEnergyGuidance(BaseGuidance):
         batch = self._current_batch()
         if batch == "pred_cond":
             self._pred_perturbed = None
+            self._recorder = None
+            if self._is_seg_enabled() and self._separate_pass and transformer_family(denoiser) is not None:
+                self._recorder = PrefixRecorder(denoiser, self.seg)
         if self._is_seg_enabled() and batch == ("pred_cond_seg" if self._separate_pass else "pred_cond"):
             # the guider decides the steps itself: its hooks get the settings without a window of their own
             every_step = dataclasses.replace(self.seg, start=0.0, end=1.0)
             self._hooks = attach_seg_hooks(denoiser, every_step, self._receive_perturbed, scope=self)
             # the guider's entry point: its hooks act on the denoiser call it prepared, and on no other
             call = self._hooks.new_call(perturb_whole_call=batch == "pred_cond_seg")
+            if batch == "pred_cond_seg" and self._recorder is not None:
+                call.state.recorded, call.state.perturbed_inputs = self._recorder.recorded()
+                self._recorder = None  # the call holds what it needs; nothing else keeps it
             self._call_token = self._hooks.open(call)
 
     def cleanup_models(self, denoiser: nn.Module) -> None:
@@ -314,8 +364,11 @@ class SmoothedEnergyGuidance(BaseGuidance):
         super().set_state(step, num_inference_steps, timestep)
         self._remove_hooks()
         self._pred_perturbed = None
+        self._recorder = None  # a new step: the last step's record is stale
 
     def _remove_hooks(self) -> None:
+        if self._recorder is not None:
+            self._recorder.stop()  # after the cond call: its record waits for the perturbed call
         # the hooks also remove themselves when their denoiser call ends, raised or not
         if self._hooks is not None:
             self._hooks.close(self._call_token)

@@ -93,12 +93,22 @@ def _first_seg_block(ordered: list[tuple[str, int, nn.Module]], names: Sequence[
 
 
 def transformer_replay_plan(model: nn.Module, names: Sequence[str], family: Family) -> ReplayPlan:
-    """The blocks before the first SEG block, per block list (each list's own run of them)."""
+    """The blocks before the first SEG block, per block list (each list's own run of them). Families that take
+    no extra rows at all (``forks=False``) get them only for the guider's perturbed call of its own."""
     ordered = _blocks_in_order(model, family)
     prefixes: dict[str, list[nn.Module]] = {}
     for path, _, block in ordered[: _first_seg_block(ordered, names)]:
         prefixes.setdefault(path, []).append(block)
-    return ReplayPlan(tuple(tuple(blocks) for blocks in prefixes.values()), replace_forward)
+    blocks = tuple(tuple(run) for run in prefixes.values())
+    return ReplayPlan(blocks, replace_forward, whole_call_only=not family.forks)
+
+
+def seg_layer_names(model: nn.Module, config: SegConfig) -> tuple[Family, list[str]]:
+    """The transformer's family and the attention names ``config`` selects (the family's default if none)."""
+    family = transformer_family(model)
+    inventory = transformer_inventory(model, family)
+    specs = config.layers if config.layers is not None else inventory.default_layers()
+    return family, resolve_block_layers(specs, inventory)
 
 
 def replace_forward(block: nn.Module, forward: Callable[..., Any], name: str) -> _RegistryHandle:
@@ -242,16 +252,14 @@ def attach_seg_to_transformer(
     from a call of its own (the guider's separate batch), every row of it blurred.
     """
     model = getattr(transformer, "_orig_mod", transformer)
-    family = transformer_family(model)
-    inventory = transformer_inventory(model, family)
-    specs = config.layers if config.layers is not None else inventory.default_layers()
-    names = resolve_block_layers(specs, inventory)
+    family, names = seg_layer_names(model, config)
+    replays = family.replays_prefix or not family.forks
     plan = DenoiserPlan(
         transformer,
         tuple(transformer_query_targets(model, names, family)),
         UNDO_HINT,
         transformer_fork_plan(model, names, family) if share_prefix and family.forks and family.shares_prefix else None,
-        transformer_replay_plan(model, names, family) if share_prefix and family.replays_prefix else None,
+        transformer_replay_plan(model, names, family) if share_prefix and replays else None,
         read_inputs=lambda args, kwargs: family.read_inputs(model, args, kwargs),
         unbatched=family.unbatched_inputs,
         query_source=lambda target: query_source(target.attention, family.query_token_dim).module,

@@ -10,7 +10,7 @@ fork inside the call; everything but the blocks before the first SEG block where
 is a call of its own with that prefix replayed (PixArt, Sana and the video families, whose code after the
 blocks uses pre-block tensors with the host's rows only); the whole pass where rows join at the input.
 
-    python benchmarks/bench_families.py --rounds 7 --write
+    python benchmarks/bench_families.py --rounds 11 --write
 """
 
 from __future__ import annotations
@@ -601,9 +601,10 @@ def main() -> None:
     if args.write:
         header = (
             "# Step cost of SEG per transformer family, measured side by side\n\n"
-            "`python benchmarks/bench_families.py --rounds 7 --write`: each family's denoiser at hidden width "
-            f"{WIDTH}, {BLOCKS} blocks, a {SIDE} × {SIDE} token grid, {TEXT} text tokens, random weights, fp32, CPU; "
-            "SEG (σ = 10) on the family's default layer. Ratios are of medians measured interleaved in one process.\n\n"
+            f"`python benchmarks/bench_families.py --rounds {args.rounds} --write`: each family's denoiser at hidden "
+            f"width {WIDTH}, {BLOCKS} blocks, a {SIDE} × {SIDE} token grid, {TEXT} text tokens, random weights, "
+            "fp32, CPU; SEG (σ = 10) on the family's default layer. Ratios are of medians measured interleaved in "
+            "one process.\n\n"
         )
         estimate = "\n".join(
             [

@@ -11,7 +11,9 @@ kept by name on their handle (:class:`SegHooks`), as diffusers' ``HookRegistry``
    tokens out;
    Where code after the blocks cannot take extra rows, the perturbed prediction is a call of its own instead
    (:class:`ReplayPlan`): :class:`RecordPrefixOutput` keeps the cond rows' output of the blocks before the
-   first SEG block in the host's call, and in the perturbed call those blocks return it instead of running;
+   first SEG block in the host's call, and in the perturbed call those blocks return it instead of running.
+   With a host cache method on (``DenoiserPlan.cache_enabled``), every family takes that call of its own,
+   nothing replayed, in a cache context of its own (``PERTURBED_CACHE_CONTEXT``);
 3. an output unit on the denoiser: :class:`CombinePredictions` combines uncond / cond / perturbed into the SEG
    prediction and hands the host pipeline rows it turns back into exactly that prediction;
    :class:`HandOverPerturbed` hands a guider the perturbed prediction and the host the cond one, and removes
@@ -23,6 +25,7 @@ keeps every attention backend and LoRA-wrapped projections working.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 import weakref
@@ -116,6 +119,10 @@ class DenoiserPlan:
     # why blocks SEG needs may not have run, as the host can tell (e.g. a cache it enabled skips blocks); None:
     # nothing the host knows of
     skip_cause: Callable[[], str | None] = lambda: None
+    # a cache method of the host (diffusers' enable_cache) on the denoiser now, and the host's context manager
+    # that gives a named call its own cache state
+    cache_enabled: Callable[[], bool] = lambda: False
+    cache_context: Callable[[str], Any] | None = None
 
     def missed_cause(self) -> str:
         """What to tell the user when SEG's layers or replayed blocks did not run."""
@@ -152,7 +159,10 @@ class PerturbedCall:
     forked: bool = False  # the perturbed rows fork off at the first SEG block (else: joined at the input)
     frames: int = 1
     # the perturbed rows come from a call of their own after this one, its prefix replayed (ReplayPlan)
-    separate: bool = False  # frames folded into the batch inside the denoiser (see DenoiserInputs.frames)
+    separate: bool = False
+    # a cache method is on: the perturbed call of its own runs in its own cache context, nothing replayed, and
+    # the cache may skip SEG's layers there (that step's perturbed prediction is then the cache's)
+    cached: bool = False  # frames folded into the batch inside the denoiser (see DenoiserInputs.frames)
 
     @property
     def perturbed(self) -> slice:
@@ -293,6 +303,11 @@ class CallState:
         self.perturbed_inputs: tuple[tuple, dict] | None = None
         self.recorded: dict[int, Any] = {}  # prefix index → the cond rows' output of its last block
 
+
+# Phases of SEG's own perturbed call inside a host's call: with the prefix replayed, or in its own cache context.
+NESTED_PHASES = ("replay", "perturb")
+# The cache context (diffusers' cache_context) SEG's perturbed call runs in when a cache method is on.
+PERTURBED_CACHE_CONTEXT = "smoothed-energy-guidance-perturbed"
 
 # Names of the hooks on the denoiser itself.
 APPEND_ROWS, OUTPUT, END_OF_CALL = "append perturbed rows", "combine or hand over predictions", "end of call"
@@ -467,7 +482,9 @@ class SegHooks:
         state.finished = True
         call, state.call = state.call, None
         targets = self.plan.targets
+        # with a cache method on, the cache may skip SEG's layers in the perturbed call's own context
         missed = [target.name for target in targets if target.name not in state.reached] if call else []
+        missed = [] if call is not None and call.cached else missed
         if missed:
             raise RuntimeError(
                 f"SEG ran a perturbed pass but {len(missed)} of its {len(targets)} layers were "
@@ -476,8 +493,9 @@ class SegHooks:
         return state, call
 
     def perturbed_call(self, state: CallState) -> torch.Tensor:
-        """Run the perturbed prediction of a :class:`ReplayPlan` call: the denoiser once more on the cond rows'
-        inputs, every row blurred, the prefix blocks replaying what they recorded in the host's call."""
+        """Run the perturbed prediction as a call of its own: the denoiser once more on the cond rows' inputs,
+        every row blurred; the prefix blocks replay what they recorded in the host's call (:class:`ReplayPlan`),
+        or, with a cache method on, the call runs in its own cache context."""
         host_call = state.call
         args, kwargs = state.perturbed_inputs
         state.call = PerturbedCall(
@@ -489,14 +507,16 @@ class SegHooks:
             host_call.text_tokens,
             frames=host_call.frames,
         )
-        state.phase = "replay"
+        state.phase = "perturb" if host_call.cached else "replay"
         try:
-            if len(state.recorded) != len(self.plan.replay.prefixes):
+            if not host_call.cached and len(state.recorded) != len(self.plan.replay.prefixes):
                 raise RuntimeError(
                     f"SEG's host call reached {len(state.recorded)} of the {len(self.plan.replay.prefixes)} "
                     f"blocks whose outputs its perturbed call replays: {self.plan.missed_cause()}."
                 )
-            output = self.plan.denoiser(*args, **kwargs)
+            own_cache = host_call.cached and self.plan.cache_context is not None
+            with self.plan.cache_context(PERTURBED_CACHE_CONTEXT) if own_cache else contextlib.nullcontext():
+                output = self.plan.denoiser(*args, **kwargs)
         finally:
             state.phase, state.perturbed_inputs, state.recorded = None, None, {}
             state.call = host_call
@@ -534,8 +554,8 @@ class AppendPerturbedRows:
             return None  # not a call of this handle's entry point: it runs exactly as without SEG
         plan, config = hooks.plan, hooks.config
         state = serving_call.state
-        if state.phase == "replay":
-            return None  # SEG's own perturbed call (ReplayPlan): its inputs are ready
+        if state.phase in NESTED_PHASES:
+            return None  # SEG's own perturbed call: its inputs are ready
         if state.call is not None and hooks.output.one_call:
             # the one call these hooks served never reached its end (interrupted by an exception that no hook
             # sees, such as KeyboardInterrupt): they serve nothing more, and this call runs plain
@@ -574,8 +594,10 @@ class AppendPerturbedRows:
             state.phase = "replay-own" if replays else None
             return None
         state.phase, state.perturbed_inputs, state.recorded = None, None, {}
-        forked = plan.fork is not None and inputs.shares_prefix
-        separate = plan.replay is not None and not plan.replay.whole_call_only and inputs.shares_prefix
+        cached = plan.cache_enabled()
+        forked = plan.fork is not None and inputs.shares_prefix and not cached
+        replayed = plan.replay is not None and not plan.replay.whole_call_only and inputs.shares_prefix
+        separate = cached or replayed
         state.call = call = PerturbedCall(
             host,
             host_rows,
@@ -586,9 +608,10 @@ class AppendPerturbedRows:
             forked=forked,
             frames=inputs.frames,
             separate=separate,
+            cached=cached,
         )
         if separate:  # the host's rows run as they are; their cond rows are the perturbed call's inputs
-            state.phase, state.recorded = "record", {}
+            state.phase, state.recorded = ("host" if cached else "record"), {}
             state.perturbed_inputs = (
                 cond_rows_only(args, host_rows, call.cond_rows, plan.unbatched),
                 cond_rows_only(kwargs, host_rows, call.cond_rows, plan.unbatched),
@@ -704,9 +727,9 @@ def _separate_perturbed_prediction(hooks: SegHooks) -> Any:
     if serving_call is None:
         return None
     state = serving_call.state
-    if state.phase == "replay":
+    if state.phase in NESTED_PHASES:
         return _NESTED
-    if state.phase != "record" or state.call is None or not state.call.separate:
+    if state.phase not in ("record", "host") or state.call is None or not state.call.separate:
         return None
     return hooks.perturbed_call(state)
 
@@ -795,7 +818,7 @@ class HandOverPerturbed(OutputUnit):
             serving_call = hooks.serving_call()
             if serving_call is None:
                 return  # another caller's call ended; this handle's call is still to come
-            if serving_call.state.phase == "replay":
+            if serving_call.state.phase in NESTED_PHASES:
                 return  # SEG's own perturbed call inside the host's: the host's call ends later
             if serving_call.state.finished:
                 hooks.remove()

@@ -9,41 +9,15 @@ import torch
 
 import smoothed_energy_guidance as seg
 from conftest import MIN_EFFECT, make_pipe, no_hooks_left
-from smoothed_energy_guidance.testing import tiny_flux_components
+from smoothed_energy_guidance.testing import diffusers_cache_configs, tiny_flux_components
 
 STEPS = 4
 CALL = dict(prompt="a cube", num_inference_steps=STEPS, height=32, width=32, max_sequence_length=8)
 
 
 def cache_configs(pipe) -> dict:
-    from diffusers import (
-        FasterCacheConfig,
-        FirstBlockCacheConfig,
-        MagCacheConfig,
-        PyramidAttentionBroadcastConfig,
-        TaylorSeerCacheConfig,
-    )
-
-    def timestep() -> int:
-        return pipe.current_timestep
-
-    return {
-        "first-block-cache": FirstBlockCacheConfig(threshold=1e9),  # skips every block but the first after step 0
-        "taylorseer": TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=1),
-        "pyramid-attention-broadcast": PyramidAttentionBroadcastConfig(
-            spatial_attention_block_skip_range=2,
-            spatial_attention_timestep_skip_range=(-1, 1001),
-            current_timestep_callback=timestep,
-        ),
-        "magcache": MagCacheConfig(
-            threshold=10.0, max_skip_steps=2, num_inference_steps=STEPS, mag_ratios=[1.0] * STEPS
-        ),
-        "fastercache": FasterCacheConfig(  # its default window: full attention on the first, noisiest steps
-            spatial_attention_block_skip_range=2,
-            is_guidance_distilled=True,
-            current_timestep_callback=timestep,
-        ),
-    }
+    """Every method skipping as much as it can: First Block Cache and MagCache at a threshold nothing reaches."""
+    return diffusers_cache_configs(lambda: pipe.current_timestep, STEPS, threshold=1e9, attention_timesteps=(-1, 1001))
 
 
 def run(pipe, config, **seg_args) -> torch.Tensor:

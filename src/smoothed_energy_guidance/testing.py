@@ -345,3 +345,34 @@ def tiny_flux_components(seed: int = 0, sharpen: float = 4.0) -> dict[str, Any]:
         "image_encoder": None,
         "feature_extractor": None,
     }
+
+
+def diffusers_cache_configs(
+    current_timestep: Any, steps: int, threshold: float, attention_timesteps: tuple[int, int] = (100, 800)
+) -> dict[str, Any]:
+    """One config per diffusers cache method, for tests and benchmarks of SEG with caches: ``threshold`` for First
+    Block Cache and MagCache (MagCache with flat magnitude ratios over ``steps``), ``attention_timesteps`` the
+    window in which Pyramid Attention Broadcast skips; ``current_timestep()`` reads the pipeline's timestep."""
+    from diffusers import (
+        FasterCacheConfig,
+        FirstBlockCacheConfig,
+        MagCacheConfig,
+        PyramidAttentionBroadcastConfig,
+        TaylorSeerCacheConfig,
+    )
+
+    return {
+        "first-block-cache": FirstBlockCacheConfig(threshold=threshold),
+        "taylorseer": TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=1),
+        "pyramid-attention-broadcast": PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=2,
+            spatial_attention_timestep_skip_range=attention_timesteps,
+            current_timestep_callback=current_timestep,
+        ),
+        "magcache": MagCacheConfig(
+            threshold=threshold, max_skip_steps=2, num_inference_steps=steps, mag_ratios=[1.0] * steps
+        ),
+        "fastercache": FasterCacheConfig(  # its default window: full attention on the first, noisiest steps
+            spatial_attention_block_skip_range=2, is_guidance_distilled=True, current_timestep_callback=current_timestep
+        ),
+    }

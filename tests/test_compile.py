@@ -137,6 +137,21 @@ def test_a_second_compiled_unet_of_the_same_class_without_seg_in_between(compone
     assert (plain_b - eager_b).abs().max() <= COMPILED_TOLERANCE
 
 
+def compiled_transformer_equals_eager(pipe, run, style: str) -> None:
+    """``run(seg_scale)`` eager with SEG and without, then with ``pipe.transformer`` compiled in ``style``: plain,
+    SEG, plain, SEG; each compiled output equals its eager one, and SEG moves the output."""
+    eager, eager_plain = run(3.0), run(0.0)
+    pipe.transformer = compile_in_style(pipe.transformer, style, backend="eager")
+    try:
+        compiled = [run(scale) for scale in (0.0, 3.0, 0.0, 3.0)]
+    finally:
+        pipe.transformer = uncompiled(pipe.transformer)
+    for plain, seg_result in (compiled[0:2], compiled[2:4]):
+        assert (plain - eager_plain).abs().max() <= COMPILED_TOLERANCE
+        assert (seg_result - eager).abs().max() <= COMPILED_TOLERANCE
+    assert (eager - eager_plain).abs().max() > MIN_EFFECT
+
+
 @pytest.mark.parametrize("style", ["torch.compile", "compile_repeated_blocks(fullgraph)"])
 def test_compiled_flux_transformer_equals_eager_seg(style):
     pipe = make_pipe(seg.FluxSEGPipeline, tiny_flux_components(seed=0))
@@ -154,16 +169,7 @@ def test_compiled_flux_transformer_equals_eager_seg(style):
             generator=torch.Generator().manual_seed(0),
         ).images
 
-    eager, eager_plain = run(3.0), run(0.0)
-    pipe.transformer = compile_in_style(pipe.transformer, style, backend="eager")
-    try:
-        compiled = [run(scale) for scale in (0.0, 3.0, 0.0, 3.0)]
-    finally:
-        pipe.transformer = uncompiled(pipe.transformer)
-    for plain, seg_result in (compiled[0:2], compiled[2:4]):
-        assert (plain - eager_plain).abs().max() <= COMPILED_TOLERANCE
-        assert (seg_result - eager).abs().max() <= COMPILED_TOLERANCE
-    assert (eager - eager_plain).abs().max() > MIN_EFFECT
+    compiled_transformer_equals_eager(pipe, run, style)
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -242,13 +248,4 @@ def test_compiled_wan_transformer_with_a_replayed_prefix_equals_eager_seg(style)
         call = dict(CALL, **embeddings(), guidance_scale=4.0, output_type="latent")
         return pipe(**call, seg_scale=scale, seg_blur_sigma=2.0, generator=torch.Generator().manual_seed(0)).frames
 
-    eager, eager_plain = run(3.0), run(0.0)
-    pipe.transformer = compile_in_style(pipe.transformer, style, backend="eager")
-    try:
-        compiled = [run(scale) for scale in (0.0, 3.0, 0.0, 3.0)]
-    finally:
-        pipe.transformer = uncompiled(pipe.transformer)
-    for plain, seg_result in (compiled[0:2], compiled[2:4]):
-        assert (plain - eager_plain).abs().max() <= COMPILED_TOLERANCE
-        assert (seg_result - eager).abs().max() <= COMPILED_TOLERANCE
-    assert (eager - eager_plain).abs().max() > MIN_EFFECT
+    compiled_transformer_equals_eager(pipe, run, style)

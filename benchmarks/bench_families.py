@@ -458,6 +458,14 @@ def _bytes(value) -> int:
     return sum(_bytes(item) for item in value) if isinstance(value, (list, tuple)) else 0
 
 
+def flops_inside(counts: dict, model, blocks: set[int]) -> float:
+    """FLOPs the flop counter attributed to the modules whose ids are in ``blocks`` (each counted with its
+    children, which are entries of their own that are not in ``blocks``)."""
+    owners = {name: module for name, module in model.named_modules()}
+    root = type(model).__name__ + "."
+    return sum(sum(v.values()) for name, v in counts.items() if id(owners.get(name.removeprefix(root))) in blocks)
+
+
 def flop_limit(model, inputs) -> tuple[str, float, str]:
     """The default layer, the FLOP-model limit of SEG + CFG over CFG, and what a replayed prefix keeps.
 
@@ -475,7 +483,6 @@ def flop_limit(model, inputs) -> tuple[str, float, str]:
     else:
         prefixes = transformer_replay_plan(model, names, family).prefixes
         counted = {id(block) for prefix in prefixes for block in prefix}
-    owners = {name: module for name, module in model.named_modules()}
     kept = [0]
     handles = [
         prefix[-1].register_forward_hook(lambda m, a, out: kept.__setitem__(0, kept[0] + _bytes(out)))
@@ -488,10 +495,7 @@ def flop_limit(model, inputs) -> tuple[str, float, str]:
         handle.remove()
     counts = counter.get_flop_counts()
     total = sum(counts["Global"].values())
-    root = type(model).__name__ + "."
-    inside = sum(
-        sum(values.values()) for name, values in counts.items() if id(owners.get(name.removeprefix(root))) in counted
-    )
+    inside = flops_inside(counts, model, counted)
     rerun = inside if family.shares_prefix else total - inside
     memory = "—" if family.shares_prefix else f"{kept[0] / 2**20:.2f} MiB"
     return names[0], 1 + (rerun / total) / 2, memory
@@ -526,7 +530,6 @@ def wan_480p_estimate() -> list[str]:
     inventory = transformer_inventory(model, family)
     names = resolve_block_layers(inventory.default_layers(), inventory)
     prefix = {id(block) for stack in transformer_replay_plan(model, names, family).prefixes for block in stack}
-    owners = {name: module for name, module in model.named_modules()}
     counter = FlopCounterMode(display=False, depth=None)
     with counter, torch.no_grad():
         model(
@@ -536,8 +539,7 @@ def wan_480p_estimate() -> list[str]:
         )
     counts = counter.get_flop_counts()
     total = sum(counts["Global"].values())
-    root = type(model).__name__ + "."
-    skipped = sum(sum(v.values()) for k, v in counts.items() if id(owners.get(k.removeprefix(root))) in prefix)
+    skipped = flops_inside(counts, model, prefix)
     pass_seconds = total / (ASSUMED_TFLOPS * 1e12)
     at_input, replayed = 3 * pass_seconds, (3 - skipped / total) * pass_seconds
     return [

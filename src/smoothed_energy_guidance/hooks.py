@@ -236,12 +236,12 @@ def same_call_inputs(a: Any, b: Any) -> bool:
         return a is b
 
 
-def _fresh_copy(value: Any) -> Any:
+def fresh_copy(value: Any) -> Any:
     """A copy of a block output's tensors (the host may add to a block's output in place)."""
     if isinstance(value, torch.Tensor):
         return value.clone()
     if isinstance(value, (list, tuple)):
-        return type(value)(_fresh_copy(item) for item in value)
+        return type(value)(fresh_copy(item) for item in value)
     return value
 
 
@@ -692,7 +692,7 @@ class RecordPrefixOutput:
         call = serving_call.state.call
         rows = cond_rows_only(output, call.host_rows, call.cond_rows)
         # own storage when only part of the batch is kept, so the host's batch can be freed
-        serving_call.state.recorded[self.index] = rows if call.host_rows == call.group_rows else _fresh_copy(rows)
+        serving_call.state.recorded[self.index] = rows if call.host_rows == call.group_rows else fresh_copy(rows)
 
 
 def replay_block(block: nn.Module, hooks: SegHooks, index: int) -> Any:
@@ -702,7 +702,7 @@ def replay_block(block: nn.Module, hooks: SegHooks, index: int) -> Any:
     def forward(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         serving_call = hooks.serving_call()
         if serving_call is not None and serving_call.state.phase in ("replay", "replay-own"):
-            return _fresh_copy(serving_call.state.recorded[index])
+            return fresh_copy(serving_call.state.recorded[index])
         return original(*args, **kwargs)
 
     return hooks.plan.replay.replace_forward(block, forward, f"smoothed-energy-guidance-replay-{id(hooks)}")

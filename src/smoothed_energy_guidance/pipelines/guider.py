@@ -29,7 +29,7 @@ from torch import nn
 from ..core.blur import INFINITE_SIGMA_THRESHOLD
 from ..core.guidance import SegConfig, rescale_noise_cfg
 from ..families import guider_family_names
-from ..hooks import HandOverPerturbed, HostStep, SegHooks
+from ..hooks import HandOverPerturbed, HostStep, SegHooks, fresh_copy
 from .transformer import attach_seg_to_transformer, seg_layer_names, transformer_family, transformer_replay_plan
 from .unet import attach_seg_to_unet
 
@@ -61,7 +61,7 @@ class PrefixRecorder:
 
     def _keeper(self, index: int):
         def keep(module: nn.Module, args: tuple, output: Any) -> None:
-            self.outputs[index] = _copied(output)  # the host may add to a block's output in place
+            self.outputs[index] = fresh_copy(output)  # the host may add to a block's output in place
 
         return keep
 
@@ -75,12 +75,6 @@ class PrefixRecorder:
         if self.prefixes and len(self.outputs) == self.prefixes and self.inputs is not None:
             return self.outputs, self.inputs
         return {}, None
-
-
-def _copied(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    return type(value)(_copied(item) for item in value) if isinstance(value, (list, tuple)) else value
 
 
 def _layer_specs(layers: Any, seg_guidance_layers: Any, seg_guidance_config: Any) -> tuple | None:

@@ -255,31 +255,32 @@ def test_ltx_video_matches_the_dense_video_reference(sigma, temporal_sigma, cfg)
     check_video(ours, host, call, names, (3, 16, 24), sigma, temporal_sigma, cfg, token_dim=1)
 
 
-def test_modular_ltx_denoise_matches_the_reference_guider():
-    """The guider route uses the same LTX-Video descriptor: the modular LTX denoise (embeddings given
-    instead of the text encoder step) with our guider against the independent reference guider."""
+def modular_ltx_denoise():
+    """The modular LTX denoise blocks (embeddings given instead of the text encoder step) and a runner of them
+    with a guider: ``run(guider)`` gives the latents."""
     from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.modular_pipelines import LTXAutoBlocks
-    from reference_guider import ReferenceSEGGuider
 
     pipe = LTXAutoBlocks().sub_blocks["denoise"].init_pipeline()
     pipe.update_components(transformer=ltx_parts()["transformer"], scheduler=FlowMatchEulerDiscreteScheduler())
     pipe.set_progress_bar_config(disable=True)
     masks = dict(prompt_attention_mask=torch.ones(1, 5), negative_prompt_attention_mask=torch.ones(1, 5))
 
-    def run(guider):
+    def run(guider, steps: int = 2):
         pipe.update_components(guider=guider)
         seed = torch.Generator().manual_seed(0)
-        return pipe(
-            **embeddings(),
-            **masks,
-            height=64,
-            width=96,
-            num_frames=9,
-            num_inference_steps=2,
-            generator=seed,
-            output="latents",
-        )
+        call = dict(height=64, width=96, num_frames=9, num_inference_steps=steps)
+        return pipe(**embeddings(), **masks, **call, generator=seed, output="latents")
+
+    return pipe, run
+
+
+def test_modular_ltx_denoise_matches_the_reference_guider():
+    """The guider route uses the same LTX-Video descriptor: the modular LTX denoise (embeddings given
+    instead of the text encoder step) with our guider against the independent reference guider."""
+    from reference_guider import ReferenceSEGGuider
+
+    _, run = modular_ltx_denoise()
 
     def read_grid(args, kwargs):
         return int(kwargs["num_frames"]), int(kwargs["height"]), int(kwargs["width"])
@@ -448,12 +449,11 @@ def test_modular_wan_denoise_matches_the_reference_guider():
     assert (plain - reference).abs().max() > MIN_EFFECT
 
 
-def test_modular_hunyuan_video_15_denoise_matches_the_reference_guider():
-    """HunyuanVideo 1.5 is reached through its modular blocks only: one descriptor, the video queries from
-    ``norm_q`` (before the text joins them), blurred over (t, h, w) = (3, 4, 6); true CFG on."""
+def modular_hunyuan_video_15_denoise():
+    """The modular HunyuanVideo 1.5 denoise blocks on a tiny transformer (embeddings given) and a runner of them
+    with a guider: ``run(guider)`` gives the latents."""
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideo15Transformer3DModel
     from diffusers.modular_pipelines import HunyuanVideo15AutoBlocks
-    from reference_guider import ReferenceSEGGuider
 
     torch.manual_seed(0)
     transformer = HunyuanVideo15Transformer3DModel(
@@ -485,11 +485,21 @@ def test_modular_hunyuan_video_15_denoise_matches_the_reference_guider():
             torch.ones(1, 3),
         )
 
-    def run(guider):
+    def run(guider, steps: int = 2):
         pipe.update_components(guider=guider)
         latents = torch.randn(1, 4, *GRID, generator=torch.Generator().manual_seed(0))
-        call = dict(height=64, width=96, num_frames=9, num_inference_steps=2)
+        call = dict(height=64, width=96, num_frames=9, num_inference_steps=steps)
         return pipe(**text, **call, latents=latents, generator=torch.Generator().manual_seed(0), output="latents")
+
+    return pipe, run
+
+
+def test_modular_hunyuan_video_15_denoise_matches_the_reference_guider():
+    """HunyuanVideo 1.5 is reached through its modular blocks only: one descriptor, the video queries from
+    ``norm_q`` (before the text joins them), blurred over (t, h, w) = (3, 4, 6); true CFG on."""
+    from reference_guider import ReferenceSEGGuider
+
+    _, run = modular_hunyuan_video_15_denoise()
 
     def read_grid(args, kwargs):
         return tuple(kwargs["hidden_states"].shape[2:])  # patch size 1 in t, h and w

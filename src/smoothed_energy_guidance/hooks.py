@@ -102,8 +102,7 @@ class DenoiserPlan:
     ``read_inputs`` reads a call's batch, grid and token counts; inputs named in ``unbatched`` (position ids)
     are never given perturbed rows; ``query_source(target)`` names the module the attention's processor really
     takes its queries from now, so a swapped projection is refused instead of missed; ``undo_hint`` tells the
-    user how to recover from that; ``skip_cause`` names what the host knows can skip blocks (a cache), for the
-    error when SEG's layers were not reached.
+    user how to recover from that.
     """
 
     denoiser: nn.Module
@@ -116,9 +115,6 @@ class DenoiserPlan:
     query_source: Callable[[QueryTarget], nn.Module | None] = lambda target: getattr(
         target.attention, target.source, None
     )
-    # why blocks SEG needs may not have run, as the host can tell (e.g. a cache it enabled skips blocks); None:
-    # nothing the host knows of
-    skip_cause: Callable[[], str | None] = lambda: None
     # a cache method of the host (diffusers' enable_cache) on the denoiser now, and the host's context manager
     # that gives a named call its own cache state
     cache_enabled: Callable[[], bool] = lambda: False
@@ -126,9 +122,9 @@ class DenoiserPlan:
 
     def missed_cause(self) -> str:
         """What to tell the user when SEG's layers or replayed blocks did not run."""
-        return self.skip_cause() or (
+        return (
             "something skipped or replaced the blocks holding them (another hook on the model, such as a "
-            "layer-skip or cache hook, or a block replaced after SEG was enabled)"
+            "layer-skip hook, or a block replaced after SEG was enabled)"
         )
 
 
@@ -162,7 +158,7 @@ class PerturbedCall:
     separate: bool = False
     # a cache method is on: the perturbed call of its own runs in its own cache context, nothing replayed, and
     # the cache may skip SEG's layers there (that step's perturbed prediction is then the cache's)
-    cached: bool = False  # frames folded into the batch inside the denoiser (see DenoiserInputs.frames)
+    cached: bool = False
 
     @property
     def perturbed(self) -> slice:
@@ -584,12 +580,15 @@ class AppendPerturbedRows:
         seg_scale = config.scale * host.seg_scale_factor
         state.reached = set()
         if serving_call.perturb_whole_call:  # a perturbed call of its own: blur every row, add none
+            # with a cache on, the host runs this call in a cache context of its own, and the cache may skip SEG's
+            # layers there (taking its estimate of the perturbed prediction); nothing is replayed under a cache
+            cached = plan.cache_enabled()
             state.call = PerturbedCall(
-                host, 0, host_rows, inputs.grid, seg_scale, inputs.text_tokens, frames=inputs.frames
+                host, 0, host_rows, inputs.grid, seg_scale, inputs.text_tokens, frames=inputs.frames, cached=cached
             )
             # the host recorded its cond call's prefix (ReplayPlan.whole_call_only): replay it if this call's
             # inputs are that call's
-            handed = plan.replay is not None and state.recorded and state.perturbed_inputs is not None
+            handed = plan.replay is not None and state.recorded and state.perturbed_inputs is not None and not cached
             replays = handed and same_call_inputs((args, kwargs), state.perturbed_inputs)
             state.phase = "replay-own" if replays else None
             return None

@@ -16,6 +16,7 @@ that lets its hooks act on that denoiser call, and ``cleanup_models`` closes it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from ..core.blur import INFINITE_SIGMA_THRESHOLD
 from ..core.guidance import SegConfig, rescale_noise_cfg
 from ..families import guider_family_names
 from ..hooks import HandOverPerturbed, HostStep, SegHooks, fresh_copy
+from .caches import cache_enabled, own_context_free_states
 from .transformer import attach_seg_to_transformer, seg_layer_names, transformer_family, transformer_replay_plan
 from .unet import attach_seg_to_unet
 
@@ -187,6 +189,7 @@ class SmoothedEnergyGuidance(BaseGuidance):
         self._separate_pass = False  # the denoiser cannot take perturbed rows inside the cond call
         self._recorder: PrefixRecorder | None = None  # the cond call's prefix, for the separate perturbed call
         self._planned: tuple[list, Any] | None = None  # this step's batch list and a maker of one more batch
+        self._cache_states: contextlib.ExitStack | None = None  # the separate batch's own cache states
 
     # every configured name is the live setting, whichever name set it ------------------------------------
     def _uniform_above_threshold(self, sigma: float) -> float:
@@ -338,7 +341,10 @@ class SmoothedEnergyGuidance(BaseGuidance):
         if batch == "pred_cond":
             self._pred_perturbed = None
             self._recorder = None
-            if self._is_seg_enabled() and self._separate_pass and transformer_family(denoiser) is not None:
+            model = getattr(denoiser, "_orig_mod", denoiser)
+            # under a cache, the perturbed batch has a cache state of its own and replays nothing
+            separate = self._is_seg_enabled() and self._separate_pass and not cache_enabled(model)
+            if separate and transformer_family(denoiser) is not None:
                 self._recorder = PrefixRecorder(denoiser, self.seg)
         if self._is_seg_enabled() and batch == ("pred_cond_seg" if self._separate_pass else "pred_cond"):
             # the guider decides the steps itself: its hooks get the settings without a window of their own
@@ -350,6 +356,10 @@ class SmoothedEnergyGuidance(BaseGuidance):
                 call.state.recorded, call.state.perturbed_inputs = self._recorder.recorded()
                 self._recorder = None  # the call holds what it needs; nothing else keeps it
             self._call_token = self._hooks.open(call)
+            if batch == "pred_cond_seg":
+                # the pipeline runs this batch in its cache context; caches that ignore contexts get SEG's state
+                self._cache_states = contextlib.ExitStack()
+                self._cache_states.enter_context(own_context_free_states(getattr(denoiser, "_orig_mod", denoiser)))
 
     def cleanup_models(self, denoiser: nn.Module) -> None:
         self._remove_hooks()
@@ -364,6 +374,9 @@ class SmoothedEnergyGuidance(BaseGuidance):
         if self._recorder is not None:
             self._recorder.stop()  # after the cond call: its record waits for the perturbed call
         # the hooks also remove themselves when their denoiser call ends, raised or not
+        if self._cache_states is not None:
+            self._cache_states.close()
+            self._cache_states = None
         if self._hooks is not None:
             self._hooks.close(self._call_token)
             self._call_token = None

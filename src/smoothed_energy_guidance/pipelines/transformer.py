@@ -21,7 +21,7 @@ from ..core.guidance import SegConfig
 from ..core.layers import BlockInventory, resolve_block_layers
 from ..families import Family, family_of_denoiser
 from ..hooks import DenoiserPlan, ForkPlan, HostStep, OutputUnit, QueryTarget, ReplayPlan, SegHooks
-from .caches import cache_enabled, cache_skip_cause
+from .caches import cache_enabled, perturbed_cache_context
 from .progress import LoopProgress
 from .queries import query_source
 
@@ -263,9 +263,8 @@ def attach_seg_to_transformer(
         read_inputs=lambda args, kwargs: family.read_inputs(model, args, kwargs),
         unbatched=family.unbatched_inputs,
         query_source=lambda target: query_source(target.attention, family.query_token_dim).module,
-        skip_cause=lambda: cache_skip_cause(model),
         cache_enabled=lambda: cache_enabled(model),
-        cache_context=getattr(model, "cache_context", None),
+        cache_context=perturbed_cache_context(model),
     )
     hooks = SegHooks(plan, config, read_host, scope=scope, output=output)
     if context is not None:  # Flux's reader of diffusers' cond / uncond call context goes with the handle

@@ -11,7 +11,7 @@ from ..core.context import SegCall
 from ..core.guidance import SegConfig
 from ..core.layers import AttentionInventory, resolve_layers, unet_self_attention_inventory
 from ..hooks import DenoiserPlan, ForkPlan, HostStep, OutputUnit, QueryTarget, SegHooks, append_cond_rows
-from .caches import cache_enabled, cache_skip_cause
+from .caches import cache_enabled, perturbed_cache_context
 from .progress import LoopProgress
 from .queries import query_source
 
@@ -194,8 +194,7 @@ def attach_seg_to_unet(
         UNDO_HINT,
         fork,
         query_source=current_query_module,
-        skip_cause=lambda: cache_skip_cause(model),
         cache_enabled=lambda: cache_enabled(model),
-        cache_context=getattr(model, "cache_context", None),
+        cache_context=perturbed_cache_context(model),
     )
     return SegHooks(plan, config, read_host, scope=scope, output=output).attach()

@@ -245,3 +245,22 @@ def reference_seg_motion_unet(unet, layer_names, sigma, temporal_sigma, seg_scal
         del unet.forward
         for handle in handles:
             handle.remove()
+
+
+def blur_unet_layers(unet, layer_names, sigma: float):
+    """For the next calls of ``unet``: every row of the chosen self-attentions computed by
+    :class:`ReferenceSegProcessor`, queries blurred. Returns the function that undoes it."""
+    modules = dict(unet.named_modules())
+    cells, handles = record_layer_grids(modules, layer_names)
+    saved = {name: modules[name].processor for name in layer_names}
+    for name in layer_names:
+        cell = cells[name.split(".transformer_blocks")[0]]
+        modules[name].processor = ReferenceSegProcessor(cell, sigma, slice(0, None))
+
+    def undo():
+        for name, processor in saved.items():
+            modules[name].processor = processor
+        for handle in handles:
+            handle.remove()
+
+    return undo

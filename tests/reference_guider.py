@@ -26,8 +26,7 @@ class ReferenceSEGGuider(BaseGuidance):
         self.attentions, self.read_grid = attentions, read_grid
         # attention name → text tokens ahead of the image tokens, or "end": the image tokens end the query
         self.image_offset = image_offset or {}
-        self._patched: list = []
-        self._grid_hook = None
+        self._undo = None
 
     def _names(self):
         names = [("pred_cond", 0)]
@@ -53,39 +52,54 @@ class ReferenceSEGGuider(BaseGuidance):
         super().prepare_models(denoiser)
         if self._names()[self._count_prepared - 1][0] != "pred_cond_seg":
             return
-        grid = {}
-        self._grid_hook = denoiser.register_forward_pre_hook(
-            lambda module, args, kwargs: grid.update(hw=self.read_grid(args, kwargs)), with_kwargs=True
+        self._undo = blur_norm_q(
+            denoiser, self.attentions, self.read_grid, self.sigma, self.image_offset, self.temporal_sigma
         )
-        modules = dict(denoiser.named_modules())
-        for name in self.attentions:
-            norm = modules[name].norm_q
-            original = norm.forward
-            offset = self.image_offset.get(name, 0)
-            norm.forward = lambda q, original=original, offset=offset: _blur_rows(
-                original(q),
-                slice(None),
-                grid["hw"],
-                self.sigma,
-                1,
-                self._offset(offset, q, grid["hw"]),
-                self.temporal_sigma,
-            )
-            self._patched.append(norm)
-
-    @staticmethod
-    def _offset(offset, q, grid):
-        return q.shape[1] - math.prod(grid) if offset == "end" else offset
 
     def cleanup_models(self, denoiser):
-        for norm in self._patched:
-            del norm.forward
-        self._patched = []
-        if self._grid_hook is not None:
-            self._grid_hook.remove()
-            self._grid_hook = None
+        if self._undo is not None:
+            self._undo()
+            self._undo = None
 
     def forward(self, pred_cond, pred_uncond=None, pred_cond_seg=None):
         pred = pred_cond if pred_uncond is None else pred_uncond + self.guidance_scale * (pred_cond - pred_uncond)
         pred = pred + self.seg_scale * (pred_cond - pred_cond_seg)
         return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
+
+
+def blur_norm_q(denoiser, attentions, read_grid, sigma, image_offset=None, temporal_sigma=0.0, token_dim=1):
+    """For the next calls of ``denoiser``: every row of the chosen attentions' ``norm_q`` output blurred over the
+    grid ``read_grid(args, kwargs)`` reads from the call (image tokens after ``image_offset[name]`` text tokens,
+    or ending the query with "end"; tokens along ``token_dim``). Returns the function that undoes it."""
+    image_offset = image_offset or {}
+    grid = {}
+    grid_hook = denoiser.register_forward_pre_hook(
+        lambda module, args, kwargs: grid.update(hw=read_grid(args, kwargs)), with_kwargs=True
+    )
+    modules = dict(denoiser.named_modules())
+    patched = []
+    for name in attentions:
+        norm = modules[name].norm_q
+        original = norm.forward
+        offset = image_offset.get(name, 0)
+        norm.forward = lambda q, original=original, offset=offset: _blur_rows(
+            original(q),
+            slice(None),
+            grid["hw"],
+            sigma,
+            token_dim,
+            _offset(offset, q, grid["hw"], token_dim),
+            temporal_sigma,
+        )
+        patched.append(norm)
+
+    def undo():
+        for norm in patched:
+            del norm.forward
+        grid_hook.remove()
+
+    return undo
+
+
+def _offset(offset, q, grid, token_dim=1):
+    return q.shape[token_dim] - math.prod(grid) if offset == "end" else offset

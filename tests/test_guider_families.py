@@ -273,13 +273,11 @@ def _flux2_grid(args, kwargs):
     return int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
 
 
-@pytest.mark.parametrize("family", ["qwen-image", "flux2"])
-def test_modular_denoise_matches_the_reference_guider(family):
-    """The modular denoise of each family (embeddings given instead of a text encoder), our guider against
-    the independent reference guider."""
+def modular_denoise(family: str):
+    """The modular denoise of Qwen-Image or Flux.2 [klein] base on a tiny transformer (embeddings given instead of
+    a text encoder): (pipeline, run(guider, steps) → latents, SEG layer names, grid reader, image offsets)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.modular_pipelines import Flux2KleinBaseAutoBlocks, QwenImageAutoBlocks
-    from reference_guider import ReferenceSEGGuider
 
     g = torch.Generator().manual_seed(1)
     if family == "qwen-image":
@@ -303,11 +301,21 @@ def test_modular_denoise_matches_the_reference_guider(family):
     pipe.update_components(transformer=model, scheduler=FlowMatchEulerDiscreteScheduler())
     pipe.set_progress_bar_config(disable=True)
 
-    def run(guider):
+    def run(guider, steps: int = 3):
         pipe.update_components(guider=guider)
         seed = torch.Generator().manual_seed(0)
-        return pipe(**embeds, height=96, width=160, num_inference_steps=3, generator=seed, output="latents")
+        return pipe(**embeds, height=96, width=160, num_inference_steps=steps, generator=seed, output="latents")
 
+    return pipe, run, names, read_grid, offsets
+
+
+@pytest.mark.parametrize("family", ["qwen-image", "flux2"])
+def test_modular_denoise_matches_the_reference_guider(family):
+    """The modular denoise of each family (embeddings given instead of a text encoder), our guider against
+    the independent reference guider."""
+    from reference_guider import ReferenceSEGGuider
+
+    _, run, names, read_grid, offsets = modular_denoise(family)
     cfg, scale = 4.0, 8.0  # the tiny Flux.2 reacts weakly: a larger scale makes the check meaningful
     ours = run(seg.SmoothedEnergyGuidance(guidance_scale=cfg, scale=scale, blur_sigma=1.0))
     reference = run(ReferenceSEGGuider(cfg, scale, 1.0, names, read_grid, offsets))

@@ -419,23 +419,32 @@ def test_mochi_matches_the_dense_video_reference(sigma, temporal_sigma, cfg):
     check_video(ours, host, call, names, GRID, sigma, temporal_sigma, cfg, token_dim=1)
 
 
-def test_modular_wan_denoise_matches_the_reference_guider():
-    """The modular Wan blocks take the same Wan descriptor through the guider route: the modular Wan
-    denoise (embeddings given instead of the text encoder step) against the independent reference guider."""
+def modular_wan_denoise():
+    """The modular Wan denoise blocks (embeddings given instead of the text encoder step) and a runner of them
+    with a guider: ``run(guider)`` gives the latents."""
     from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.modular_pipelines import WanBlocks
-    from reference_guider import ReferenceSEGGuider
 
     pipe = WanBlocks().sub_blocks["denoise"].init_pipeline()
     pipe.update_components(transformer=wan_parts()["transformer"], scheduler=FlowMatchEulerDiscreteScheduler())
     pipe.set_progress_bar_config(disable=True)
 
-    def run(guider):
+    def run(guider, steps: int = 2):
         pipe.update_components(guider=guider)
         seed = torch.Generator().manual_seed(0)
         latents = torch.randn(1, 4, *GRID[:1], 8, 12, generator=seed)  # 4 latent channels (the blocks assume 16)
-        call = dict(CALL, num_inference_steps=2)
+        call = dict(CALL, num_inference_steps=steps)
         return pipe(**embeddings(), **call, latents=latents, generator=seed, output="latents")
+
+    return pipe, run
+
+
+def test_modular_wan_denoise_matches_the_reference_guider():
+    """The modular Wan blocks take the same Wan descriptor through the guider route: the modular Wan
+    denoise (embeddings given instead of the text encoder step) against the independent reference guider."""
+    from reference_guider import ReferenceSEGGuider
+
+    _, run = modular_wan_denoise()
 
     def read_grid(args, kwargs):
         latents = kwargs["hidden_states"]

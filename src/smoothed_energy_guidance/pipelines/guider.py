@@ -128,7 +128,11 @@ class SmoothedEnergyGuidance(BaseGuidance):
         guidance_rescale: rescale towards the std of the cond prediction (Lin et al. 2023, Sec. 3.4).
         use_original_formulation: CFG as ``cond + g·(cond − uncond)`` instead of ``uncond + g·(cond − uncond)``.
         start, stop: CFG runs on steps ``int(start·n) <= i < int(stop·n)``, as in ``ClassifierFreeGuidance``.
-        enabled: False turns all guidance off.
+        enabled: False turns all guidance off (with a base guider: SEG's own term; the base keeps its switch).
+        base_guider: another diffusers guider to stack SEG on (APG, CFG-Zero*, PAG, skip-layer guidance, …; None:
+            the built-in CFG above). It asks for its own batches and combines them exactly as alone, state and
+            all; SEG adds ``s·(cond − perturbed)`` to its prediction, its rows forked inside the base's cond call
+            where the denoiser allows. The CFG settings above are then the base's own business: set them on it.
     Our own names, usable instead: ``scale`` (= ``seg_guidance_scale``), ``blur_sigma``
     (= ``seg_blur_sigma``), ``temporal_sigma`` (video: σ along time, 0 by default), ``layers``
     (our grammar: ``["mid"]``, ``"d4-d9"``, ``"blocks.7"``, …;
@@ -141,6 +145,7 @@ class SmoothedEnergyGuidance(BaseGuidance):
     """
 
     _input_predictions = ["pred_cond", "pred_uncond", "pred_cond_seg"]
+    ignore_for_config = ["base_guider"]  # a guider object, carried by new(); see save_pretrained
 
     @register_to_config
     def __init__(
@@ -162,8 +167,11 @@ class SmoothedEnergyGuidance(BaseGuidance):
         blur_sigma: float | None = None,
         layers: str | Sequence[str] | None = None,
         temporal_sigma: float = 0.0,
+        base_guider: BaseGuidance | None = None,
     ) -> None:
         super().__init__(start, stop, enabled)
+        _check_base_guider(base_guider, guidance_rescale, use_original_formulation)
+        self.base_guider = base_guider
         self.guidance_scale = guidance_scale
         self.guidance_rescale = guidance_rescale
         self.use_original_formulation = use_original_formulation
@@ -272,7 +280,23 @@ class SmoothedEnergyGuidance(BaseGuidance):
         for names in _SETTING_NAMES:
             if any(name in kwargs for name in names):
                 config.update({name: None for name in names if name in _UNSET_BY_DEFAULT and name not in kwargs})
-        return self.__class__.from_config(config, **kwargs)
+        # the base is no config entry (ignore_for_config): a fresh copy of it goes to the new guider directly
+        base = kwargs.pop("base_guider", None if self.base_guider is None else self.base_guider.new())
+        guider = self.__class__.from_config(config, **kwargs)
+        _check_base_guider(base, guider.guidance_rescale, guider.use_original_formulation)
+        guider.base_guider = base
+        return guider
+
+    def save_pretrained(self, save_directory: Any, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """Save SEG's settings (diffusers' guider config); a guider stacked on a base guider is refused, since
+        the config cannot hold the base: save the base guider and these settings apart, and stack them again."""
+        if self.base_guider is not None:
+            raise ValueError(
+                f"This SEG guider is stacked on {type(self.base_guider).__name__}, which its config cannot hold: "
+                "save the base guider (its own save_pretrained) and SEG's settings (a copy without the base: "
+                "guider.new(base_guider=None)) apart, and pass base_guider= again after loading."
+            )
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
 
     # which predictions this step needs ---------------------------------------------------------
     def _within(self, start: float, stop: float) -> bool:
@@ -294,22 +318,48 @@ class SmoothedEnergyGuidance(BaseGuidance):
 
     @property
     def num_conditions(self) -> int:
-        return len(self._batches())
+        if self.base_guider is None:
+            return len(self._batches())
+        return self.base_guider.num_conditions + int(self._separate_pass and self._is_seg_enabled())
 
     @property
     def is_conditional(self) -> bool:
-        return self._current_batch() != "pred_uncond"
+        batch = self._current_batch()
+        if self.base_guider is not None and batch != "pred_cond_seg":
+            return self.base_guider.is_conditional
+        return batch != "pred_uncond"
 
     def prepare_inputs(self, data: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[Any]:
-        return self._plan(lambda index, name: self._prepare_batch(data, index, name))
+        base = None if self.base_guider is None else lambda: self.base_guider.prepare_inputs(data)
+        return self._plan(lambda index, name: self._prepare_batch(data, index, name), base)
 
     def prepare_inputs_from_block_state(self, data: Any, input_fields: dict[str, Any]) -> list[Any]:
-        return self._plan(lambda index, name: self._prepare_batch_from_block_state(input_fields, data, index, name))
+        base = None
+        if self.base_guider is not None:
+            base = lambda: self.base_guider.prepare_inputs_from_block_state(data, input_fields)  # noqa: E731
+        return self._plan(
+            lambda index, name: self._prepare_batch_from_block_state(input_fields, data, index, name), base
+        )
 
-    def _plan(self, make_batch: Any) -> list[Any]:
-        batches = [make_batch(index, name) for index, name in self._batches()]
+    def _plan(self, make_batch: Any, base_batches: Any = None) -> list[Any]:
+        """This step's batches: ours (cond, uncond), or the base guider's own, in its order; then SEG's separate
+        perturbed batch where the denoiser needs one."""
+        if base_batches is None:
+            batches = [make_batch(index, name) for index, name in self._batches()]
+        else:
+            batches = list(base_batches())
+            if self._separate_pass and self._is_seg_enabled():
+                batches.append(make_batch(0, "pred_cond_seg"))
+            if "pred_cond" not in self._names_of(batches):
+                raise ValueError(
+                    f"The base guider {type(self.base_guider).__name__} asked for no cond batch ('pred_cond') on "
+                    "this step, and SEG's term needs the cond prediction."
+                )
         self._planned = (batches, make_batch)
         return batches
+
+    def _names_of(self, batches: list[Any]) -> list[str]:
+        return [getattr(batch, self._identifier_key) for batch in batches]
 
     def _learn_family(self, denoiser: nn.Module) -> None:
         """Whether the denoiser needs a separate perturbed batch; on the first step, before any denoiser
@@ -329,8 +379,11 @@ class SmoothedEnergyGuidance(BaseGuidance):
 
     def _current_batch(self) -> str:
         """The prediction the denoiser call being prepared makes (the first before any is prepared)."""
-        batches = self._batches()
-        return batches[min(max(self._count_prepared, 1), len(batches)) - 1][1]
+        if self.base_guider is not None and self._planned is not None:
+            names = self._names_of(self._planned[0])
+        else:
+            names = [name for _, name in self._batches()]
+        return names[min(max(self._count_prepared, 1), len(names)) - 1]
 
     # the denoiser calls ---------------------------------------------------------------------------
     def prepare_models(self, denoiser: nn.Module) -> None:
@@ -338,6 +391,8 @@ class SmoothedEnergyGuidance(BaseGuidance):
         self._remove_hooks()  # an interrupted earlier call may have left its hooks
         self._learn_family(denoiser)
         batch = self._current_batch()
+        if self.base_guider is not None and batch != "pred_cond_seg":
+            self.base_guider.prepare_models(denoiser)  # the base's own batch: its hooks, its count
         if batch == "pred_cond":
             self._pred_perturbed = None
             self._recorder = None
@@ -363,9 +418,13 @@ class SmoothedEnergyGuidance(BaseGuidance):
 
     def cleanup_models(self, denoiser: nn.Module) -> None:
         self._remove_hooks()
+        if self.base_guider is not None and self._current_batch() != "pred_cond_seg":
+            self.base_guider.cleanup_models(denoiser)
 
     def set_state(self, step: int, num_inference_steps: int, timestep: torch.Tensor) -> None:
         super().set_state(step, num_inference_steps, timestep)
+        if self.base_guider is not None:
+            self.base_guider.set_state(step, num_inference_steps, timestep)
         self._remove_hooks()
         self._pred_perturbed = None
         self._recorder = None  # a new step: the last step's record is stale
@@ -386,6 +445,19 @@ class SmoothedEnergyGuidance(BaseGuidance):
     def _receive_perturbed(self, pred_perturbed: torch.Tensor) -> None:
         self._pred_perturbed = pred_perturbed
 
+    def __call__(self, data: list[Any]) -> GuiderOutput:
+        if self.base_guider is None:
+            return super().__call__(data)
+        # the base guider combines its own batches exactly as alone; SEG's term goes on top
+        names = self._names_of(data)
+        own = [batch for name, batch in zip(names, data, strict=True) if name != "pred_cond_seg"]
+        if "pred_cond_seg" in names:
+            self._pred_perturbed = data[names.index("pred_cond_seg")].noise_pred
+        out = self.base_guider(own)
+        pred = self._add_seg(out.pred, data[names.index("pred_cond")].noise_pred)
+        self._end_step()
+        return GuiderOutput(pred=pred, pred_cond=out.pred_cond, pred_uncond=out.pred_uncond)
+
     def forward(
         self,
         pred_cond: torch.Tensor,
@@ -398,21 +470,51 @@ class SmoothedEnergyGuidance(BaseGuidance):
         if self._is_cfg_enabled():
             base = pred_cond if self.use_original_formulation else pred_uncond
             pred = base + self.guidance_scale * (pred_cond - pred_uncond)
-        if self._is_seg_enabled():
-            if self._pred_perturbed is None:
-                raise RuntimeError(
-                    "SEG is active on this step but the denoiser made no perturbed prediction: the pipeline did "
-                    "not call guider.prepare_models(denoiser) before the cond prediction."
-                )
-            pred = pred + self.seg.scale * (pred_cond - self._pred_perturbed.to(pred_cond.dtype))
+        pred = self._add_seg(pred, pred_cond)
         if self.guidance_rescale > 0.0:
             pred = rescale_noise_cfg(pred, pred_cond, self.guidance_rescale)
+        self._end_step()
+        return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
+
+    def _add_seg(self, pred: torch.Tensor, pred_cond: torch.Tensor) -> torch.Tensor:
+        """``pred + s·(cond − perturbed)`` on the steps SEG runs; ``pred`` itself on the others."""
+        if not self._is_seg_enabled():
+            return pred
+        if self._pred_perturbed is None:
+            raise RuntimeError(
+                "SEG is active on this step but the denoiser made no perturbed prediction: the pipeline did "
+                "not call guider.prepare_models(denoiser) before the cond prediction."
+            )
+        return pred + self.seg.scale * (pred_cond - self._pred_perturbed.to(pred_cond.dtype))
+
+    def _end_step(self) -> None:
         self._pred_perturbed = None
         if self._num_inference_steps is not None and self._step == self._num_inference_steps - 1:
             # the run is over: the next run's pipeline counts its conditions before its first step, and must
             # not see this run's last step (diffusers' own guiders do, and drop the negative prompt there)
             self._step = self._num_inference_steps = None
-        return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
+
+
+def _check_base_guider(base: Any, guidance_rescale: float, use_original_formulation: bool) -> None:
+    """Refuse a base guider SEG cannot stack on, and CFG settings of ours that a base would leave unused."""
+    if base is None:
+        return
+    from diffusers.guiders import SmoothedEnergyGuidance as DiffusersSEG
+
+    if not isinstance(base, BaseGuidance):
+        raise TypeError(f"base_guider must be a diffusers guider (a BaseGuidance), got {type(base).__name__}.")
+    if isinstance(base, (SmoothedEnergyGuidance, DiffusersSEG)):
+        raise ValueError("base_guider is a SEG guider already: SEG stacks once; set its scale instead.")
+    if "pred_cond" not in (type(base)._input_predictions or []):
+        raise ValueError(
+            f"{type(base).__name__} makes no cond prediction ('pred_cond' is not among its predictions), which "
+            "SEG's term s·(cond − perturbed) needs."
+        )
+    if guidance_rescale or use_original_formulation:
+        raise ValueError(
+            "guidance_rescale and use_original_formulation belong to the base guider when one is given: set them "
+            f"on the {type(base).__name__}."
+        )
 
 
 def guider_families() -> list[str]:

@@ -103,7 +103,29 @@ def reference_unet_attention(sigma: float):
     return attention
 
 
-def reference_post_cfg(comfy, scale: float, perturbed_options, active=lambda sigma: True):
+class ModelCond:
+    """The cond prediction SEG's term uses: ``cond_denoised``, or (``kept``) the model's own, kept by a pre-CFG
+    function placed first, for chains in which a pre-CFG patch (APG) rewrites ``cond_denoised``."""
+
+    def __init__(self, kept: bool) -> None:
+        self.kept, self.value = kept, None
+
+    def keep(self, args):
+        self.value = args["conds_out"][0]
+        return args["conds_out"]
+
+    def install(self, model) -> None:
+        if self.kept:
+            options = model.model_options
+            options["sampler_pre_cfg_function"] = [self.keep, *options.get("sampler_pre_cfg_function", [])]
+
+    def __call__(self, args) -> torch.Tensor:
+        return self.value if self.kept else args["cond_denoised"]
+
+
+def reference_post_cfg(comfy, scale: float, perturbed_options, active=lambda sigma: True, cond=None):
+    cond = cond or ModelCond(kept=False)
+
     def post_cfg(args):
         if not active(float(args["sigma"].flatten()[0])):
             return args["denoised"]
@@ -111,23 +133,24 @@ def reference_post_cfg(comfy, scale: float, perturbed_options, active=lambda sig
         (perturbed,) = comfy.samplers.calc_cond_batch(
             args["model"], [args["cond"]], args["input"], args["sigma"], options
         )
-        return args["denoised"] + scale * (args["cond_denoised"] - perturbed)
+        return args["denoised"] + scale * (cond(args) - perturbed)
 
     return post_cfg
 
 
-def reference_unet_model(comfy, model, scale, sigma, active=lambda sigma: True):
+def reference_unet_model(comfy, model, scale, sigma, active=lambda sigma: True, model_cond=False):
     def perturbed_options(options):  # the tiny UNet's mid block: one transformer block
         return comfy.model_patcher.set_model_options_patch_replace(
             options, reference_unet_attention(sigma), "attn1", "middle", 0, 0
         )
 
-    reference = model.clone()
-    reference.set_model_sampler_post_cfg_function(reference_post_cfg(comfy, scale, perturbed_options, active))
+    reference, cond = model.clone(), ModelCond(model_cond)
+    reference.set_model_sampler_post_cfg_function(reference_post_cfg(comfy, scale, perturbed_options, active, cond))
+    cond.install(reference)
     return reference
 
 
-def reference_hooked_model(comfy, model, scale, targets, grid, sigma, temporal=0.0):
+def reference_hooked_model(comfy, model, scale, targets, grid, sigma, temporal=0.0, model_cond=False):
     """A separate perturbed cond pass in which ``targets`` — (query module name, first image token, token
     axis) — have their image tokens blurred densely; combined as denoised + s·(cond − perturbed)."""
 
@@ -156,10 +179,11 @@ def reference_hooked_model(comfy, model, scale, targets, grid, sigma, temporal=0
         finally:
             for handle in handles:
                 handle.remove()
-        return args["denoised"] + scale * (args["cond_denoised"] - perturbed)
+        return args["denoised"] + scale * (cond(args) - perturbed)
 
-    reference = model.clone()
+    reference, cond = model.clone(), ModelCond(model_cond)
     reference.set_model_sampler_post_cfg_function(post_cfg)
+    cond.install(reference)
     return reference
 
 

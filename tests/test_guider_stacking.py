@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import guiders
+from diffusers import FlowMatchEulerDiscreteScheduler, guiders
 from reference_guider import blur_norm_q
 from reference_stacked import ReferenceStackedGuider
 
@@ -123,7 +123,32 @@ def sd3_case():
     return run, blur, parts["transformer"], dict(layers=[layer]), base_guiders("transformer_blocks")
 
 
-FAMILIES = {"sdxl": sdxl_case, "ltx-video": ltx_case, "qwen-image": qwen_image_case, "sd3": sd3_case}
+def ernie_image_case():
+    """ERNIE-Image takes no extra rows: SEG's perturbed prediction is a batch of its own after the base's."""
+    from test_guider_image_families import _modular_case
+
+    family, blocks, embeds, read_grid = _modular_case("ernie-image")
+    pipe = blocks.sub_blocks["denoise"].init_pipeline()
+    pipe.update_components(transformer=family.model, scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(guider):
+        pipe.update_components(guider=guider)
+        seed = torch.Generator().manual_seed(0)
+        return pipe(**embeds, height=96, width=160, num_inference_steps=3, generator=seed, output="latents")
+
+    offsets = {family.default_layer: family.image_offset}
+    blur = lambda model: blur_norm_q(model, [family.default_layer], read_grid, SIGMA, offsets)  # noqa: E731
+    return run, blur, family.model, {}, base_guiders("layers")
+
+
+FAMILIES = {
+    "sdxl": sdxl_case,
+    "ltx-video": ltx_case,
+    "qwen-image": qwen_image_case,
+    "sd3": sd3_case,
+    "ernie-image": ernie_image_case,
+}
 # Each base on SDXL (but magnitude-aware guidance, which diffusers fails on 4-d latents) and on a transformer
 # family diffusers runs it on: frequency-decoupled guidance needs 4-d latents (SD3), PAG's attention-score skip
 # a registered attention processor (Qwen-Image's)
@@ -131,6 +156,7 @@ CASES = [("sdxl", name) for name in BASES if name != "magnitude-aware"] + [
     *[("ltx-video", name) for name in BASES if name not in ("frequency-decoupled", "pag")],
     ("qwen-image", "pag"),
     ("sd3", "frequency-decoupled"),
+    ("ernie-image", "apg"),
 ]
 
 

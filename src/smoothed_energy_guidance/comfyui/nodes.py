@@ -86,6 +86,9 @@ class SmoothedEnergyGuidance(io.ComfyNode):
         patch = seg_patch(model, scale, blur_sigma, layers, start_percent, end_percent, temporal_sigma)
         patched = model.clone()
         patched.set_model_sampler_post_cfg_function(patch)
+        # first of the pre-CFG functions, whichever node adds its own before or after this one
+        earlier = patched.model_options.get("sampler_pre_cfg_function", [])
+        patched.model_options["sampler_pre_cfg_function"] = [patch.keep_model_cond, *earlier]
         share_prefix(patched, patch)
         return io.NodeOutput(patched)
 

@@ -77,6 +77,13 @@ class SegPatch:
         self.prefix: PrefixReplay | None = None
         # the last model's family and layers, so that each step does not search the model again
         self._resolved: tuple[weakref.ref, ComfyFamily, tuple[QueryLayer, ...]] | None = None
+        self._model_cond: torch.Tensor | None = None  # this step's cond prediction as the model made it
+
+    def __deepcopy__(self, memo: dict) -> SegPatch:
+        # ComfyUI deep-copies model_options on every ModelPatcher.clone() (any node after this one): a copy
+        # would hold copies of the model's query layers and of the prefix replay the clone's wrappers still
+        # talk to, so the patch is shared, as those are
+        return self
 
     def resolve(self, diffusion_model: nn.Module, model_name: str) -> tuple[ComfyFamily, tuple[QueryLayer, ...]]:
         """The model's family and the layers SEG blurs (raises on an unknown family or layer spec)."""
@@ -120,14 +127,25 @@ class SegPatch:
                 "another patch replaced those blocks, so their queries could not be blurred."
             )
 
+    def keep_model_cond(self, args: dict[str, Any]) -> list[torch.Tensor | None]:
+        """ComfyUI's pre-CFG hook, installed ahead of every other: keep the step's cond prediction as the model
+        made it, before a pre-CFG patch (APG) rewrites it; returns the predictions unchanged."""
+        self._model_cond = args["conds_out"][0]
+        return args["conds_out"]
+
     def __call__(self, args: dict[str, Any]) -> torch.Tensor:
-        """ComfyUI's post-CFG hook: ``denoised + scale·(cond_denoised − perturbed_denoised)``."""
+        """ComfyUI's post-CFG hook: ``denoised + scale·(cond − perturbed)``, with the model's own cond
+        prediction (the same as ``cond_denoised`` unless a pre-CFG patch rewrote that)."""
         import comfy.samplers  # the host: only present inside ComfyUI
 
+        model_cond, self._model_cond = self._model_cond, None
         denoised, sigma = args["denoised"], args["sigma"]
         if not self.config.enabled or not self.active_at(sigma):
             return denoised
+        cond = args["cond_denoised"]
+        if model_cond is not None and model_cond.shape == cond.shape:
+            cond = model_cond
         x, model = args["input"], args["model"]
         with self.perturbing(model, x.shape):
             (perturbed,) = comfy.samplers.calc_cond_batch(model, [args["cond"]], x, sigma, args["model_options"])
-        return denoised + self.config.scale * (args["cond_denoised"] - perturbed)
+        return denoised + self.config.scale * (cond - perturbed)

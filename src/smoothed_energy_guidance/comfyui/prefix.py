@@ -122,9 +122,15 @@ class PrefixReplay:
             return executor(x, t, *args, **kwargs)  # no cond rows here, or several: nothing to record
         chunk = x.shape[0] // len(marks)
         start = marks.index(COND) * chunk
-        self._rows = slice(start, start + chunk)
+        rows = slice(start, start + chunk)
+        cond_inputs = _rows(inputs, x.shape[0], rows)
+        if self._inputs is not None and self._sources <= self._outputs.keys() and _same(cond_inputs, self._inputs):
+            # the step's guided call recorded these inputs already: this is another patch's extra pass (PAG,
+            # skip-layer guidance), whose layers may differ from the model's, so it must not replace the record
+            return executor(x, t, *args, **kwargs)
+        self._rows = rows
         self.clear()
-        self._inputs = _rows(inputs, x.shape[0], self._rows)
+        self._inputs = cond_inputs
         return self._run("record", executor, x, t, *args, **kwargs)
 
     def _run(self, mode: str | None, executor: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -165,6 +165,50 @@ def test_flux_true_cfg_composes_with_seg(flux_parts):
     )
 
 
+@pytest.mark.parametrize("true_cfg", [4.0, 1.0], ids=["true-cfg", "no-cfg"])
+def test_flux_perturbed_call_replays_the_blocks_before_the_first_seg_block(flux_parts, true_cfg):
+    """Flux's perturbed prediction is a call of its own right after the cond call: the double blocks and the
+    single blocks before the SEG block return what the cond call computed (the result is the reference's:
+    test_flux_matches_reference, test_flux_true_cfg_composes_with_seg)."""
+    pipe = make_pipe(seg.FluxSEGPipeline, flux_parts)
+    transformer = pipe.transformer
+    counts = {"double.0": 0, "single.0": 0, "single.1": 0}
+    modules = {
+        "double.0": transformer.transformer_blocks[0].attn.to_q,
+        "single.0": transformer.single_transformer_blocks[0].attn.to_q,
+        "single.1": transformer.single_transformer_blocks[1].attn.to_q,
+    }
+    handles = [
+        module.register_forward_hook(lambda *_, name=name: counts.__setitem__(name, counts[name] + 1))
+        for name, module in modules.items()
+    ]
+    negative = dict(negative_prompt="blurry") if true_cfg > 1 else {}
+    try:
+        pipe(
+            prompt="a cube",
+            **negative,
+            true_cfg_scale=true_cfg,
+            num_inference_steps=2,
+            height=32,
+            width=32,
+            max_sequence_length=TEXT,
+            output_type="latent",
+            seg_blur_sigma=1.0,
+            seg_applied_layers=["single.1"],
+        )
+    finally:
+        for handle in handles:
+            handle.remove()
+    host_calls = 2 if true_cfg > 1 else 1
+    steps = 2
+    assert counts == {
+        "double.0": host_calls * steps,
+        "single.0": host_calls * steps,
+        "single.1": (host_calls + 1) * steps,
+    }
+    assert no_hooks_left(transformer)
+
+
 @pytest.mark.parametrize("family", ["sd3", "flux"])
 def test_shared_prefix_equals_repeated_pass(sd3_parts, flux_parts, family):
     from diffusers import FluxPipeline, StableDiffusion3Pipeline

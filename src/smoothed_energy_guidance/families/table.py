@@ -123,6 +123,8 @@ FLUX = Family(
     unbatched_inputs=FLUX_IDS,
     timestep_scale=1000.0,
     cfg=Cfg.SEPARATE_CALL,
+    # measured cheaper than the in-call fork (benchmarks/FAMILIES.md: Kontext 1.23× against 1.33×)
+    perturbed_rows=REPLAYED_PREFIX,
     pipelines={
         "flux": {
             "text2img": task(

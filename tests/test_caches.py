@@ -59,15 +59,18 @@ def test_seg_runs_with_each_cache_method_and_leaves_the_cached_run_alone_when_of
     assert no_hooks_left(ours.transformer)
 
 
-def test_a_video_family_with_its_prefix_replayed_composes_with_a_cache_the_same_way():
-    """Wan's perturbed prediction replays its prefix without a cache; with one on, it is a call of its own in
-    its own cache context: a never-skipping cache gives the same SEG, a skipping one leaves SEG off untouched."""
-    from diffusers import FirstBlockCacheConfig, WanPipeline
+@pytest.mark.parametrize("method", METHODS)
+def test_a_video_family_with_its_prefix_replayed_composes_with_each_cache_the_same_way(method):
+    """Wan's perturbed prediction replays its prefix without a cache; with one on, it is a call of its own with
+    its own cache state: SEG off is diffusers' own cached run bit for bit and SEG still moves it; a First Block
+    Cache that never skips gives the same SEG as no cache."""
+    from diffusers import WanPipeline
     from test_video import CALL as VIDEO_CALL
     from test_video import embeddings, wan_parts
 
     parts = wan_parts()
     ours, host = make_pipe(seg.WanSEGPipeline, parts), make_pipe(WanPipeline, parts)
+    steps = VIDEO_CALL["num_inference_steps"]
 
     def video(pipe, config, **seg_args):
         if config is not None:
@@ -79,12 +82,21 @@ def test_a_video_family_with_its_prefix_replayed_composes_with_a_cache_the_same_
             if config is not None:
                 pipe.transformer.disable_cache()
 
-    without = video(ours, None, seg_blur_sigma=2.0)
-    assert (video(ours, FirstBlockCacheConfig(threshold=0.0), seg_blur_sigma=2.0) - without).abs().max() <= 1e-5
-    skipping = FirstBlockCacheConfig(threshold=1e9)
-    seg_off = video(ours, skipping, seg_scale=0.0)
-    assert torch.equal(seg_off, video(host, FirstBlockCacheConfig(threshold=1e9)))
-    assert (video(ours, skipping, seg_blur_sigma=2.0) - seg_off).abs().max() > MIN_EFFECT
+    def skipping(pipe):
+        configs = diffusers_cache_configs(
+            lambda: pipe.current_timestep, steps, threshold=1e9, attention_timesteps=(-1, 1001)
+        )
+        return configs[method]
+
+    if method == "first-block-cache":
+        from diffusers import FirstBlockCacheConfig
+
+        without = video(ours, None, seg_blur_sigma=2.0)
+        never_skips = video(ours, FirstBlockCacheConfig(threshold=0.0), seg_blur_sigma=2.0)
+        assert (never_skips - without).abs().max() <= 1e-5
+    seg_off = video(ours, skipping(ours), seg_scale=0.0)
+    assert torch.equal(seg_off, video(host, skipping(host)))
+    assert (video(ours, skipping(ours), seg_blur_sigma=2.0) - seg_off).abs().max() > MIN_EFFECT
     assert no_hooks_left(ours.transformer)
 
 

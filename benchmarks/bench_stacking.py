@@ -26,44 +26,33 @@ warnings.filterwarnings("ignore", message="Guiders are currently an experimental
 from bench_guider import bench_parts, modular_sdxl  # noqa: E402
 
 import smoothed_energy_guidance as seg  # noqa: E402
+from smoothed_energy_guidance.testing import diffusers_base_guiders  # noqa: E402
 
 RESULTS = HERE / "STACKING.md"
 SEG_SETTINGS = dict(scale=3.0, blur_sigma=10.0)
 MID = "mid_block.attentions.0.transformer_blocks"  # PAG's, skip-layer's and AutoGuidance's layer: the mid block
 
 
+LABELS = {
+    "apg": "APG",
+    "apg-mix": "APG mix",
+    "cfg-zero-star": "CFG-Zero*",
+    "tangential": "Tangential CFG",
+    "frequency-decoupled": "Frequency-decoupled",
+    "pag": "PAG",
+    "skip-layer": "Skip-layer",
+    "auto-guidance": "AutoGuidance",
+}
+
+
 def base_guiders() -> dict[str, Callable[[], object]]:
-    """The diffusers guiders SEG stacks on, at their usual settings, active on every step; magnitude-aware
-    guidance is left out (diffusers' own version fails on 4-d UNet latents)."""
+    """Plain CFG and the diffusers guiders SEG stacks on (``testing.diffusers_base_guiders``), active on every
+    step; magnitude-aware guidance is left out (diffusers' own version fails on 4-d UNet latents)."""
     from diffusers import guiders
 
-    skip = dict(indices=[0], fqn=MID)
-    return {
-        "CFG": lambda: guiders.ClassifierFreeGuidance(guidance_scale=5.0),
-        "APG": lambda: guiders.AdaptiveProjectedGuidance(guidance_scale=5.0, adaptive_projected_guidance_momentum=-0.5),
-        "APG mix": lambda: guiders.AdaptiveProjectedMixGuidance(
-            guidance_scale=5.0, adaptive_projected_guidance_start_step=1
-        ),
-        "CFG-Zero*": lambda: guiders.ClassifierFreeZeroStarGuidance(guidance_scale=5.0),
-        "Tangential CFG": lambda: guiders.TangentialClassifierFreeGuidance(guidance_scale=5.0),
-        "Frequency-decoupled": lambda: guiders.FrequencyDecoupledGuidance(guidance_scales=[6.0, 3.0]),
-        "PAG": lambda: guiders.PerturbedAttentionGuidance(
-            guidance_scale=5.0,
-            perturbed_guidance_scale=2.0,
-            perturbed_guidance_start=0.0,
-            perturbed_guidance_stop=1.0,
-            perturbed_guidance_config=dict(skip, skip_attention=False, skip_attention_scores=True, skip_ff=False),
-        ),
-        "Skip-layer": lambda: guiders.SkipLayerGuidance(
-            guidance_scale=5.0,
-            skip_layer_guidance_scale=2.0,
-            skip_layer_guidance_start=0.0,
-            skip_layer_guidance_stop=1.0,
-            skip_layer_config=dict(skip, skip_attention=True, skip_ff=True),
-        ),
-        "AutoGuidance": lambda: guiders.AutoGuidance(
-            guidance_scale=5.0, auto_guidance_config=dict(skip, skip_attention=True), dropout=1.0
-        ),
+    bases = diffusers_base_guiders(MID)
+    return {"CFG": lambda: guiders.ClassifierFreeGuidance(guidance_scale=5.0)} | {
+        label: bases[name] for name, label in LABELS.items()
     }
 
 

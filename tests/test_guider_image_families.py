@@ -388,12 +388,9 @@ def _modular_case(name: str):
     return build(), getattr(modular, blocks)(), embeds, read_grid
 
 
-@pytest.mark.parametrize("name", ["flux3", "krea2", "ernie-image", "qwen-image-2.1"])
-def test_modular_denoise_matches_the_reference_guider(name):
-    """Each family's whole modular denoise (embeddings given instead of the text encoder step), our guider
-    against the independent reference guider; Qwen-Image 2.1 with its prefix KV cache on."""
+def modular_denoise(name: str):
+    """(family, run(guider) → the latents of its whole modular denoise in 3 steps, grid reader)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
-    from reference_guider import ReferenceSEGGuider
 
     family, blocks, embeds, read_grid = _modular_case(name)
     pipe = blocks.sub_blocks["denoise"].init_pipeline()
@@ -405,6 +402,16 @@ def test_modular_denoise_matches_the_reference_guider(name):
         seed = torch.Generator().manual_seed(0)
         return pipe(**embeds, height=96, width=160, num_inference_steps=3, generator=seed, output="latents")
 
+    return family, run, read_grid
+
+
+@pytest.mark.parametrize("name", ["flux3", "krea2", "ernie-image", "qwen-image-2.1"])
+def test_modular_denoise_matches_the_reference_guider(name):
+    """Each family's whole modular denoise (embeddings given instead of the text encoder step), our guider
+    against the independent reference guider; Qwen-Image 2.1 with its prefix KV cache on."""
+    from reference_guider import ReferenceSEGGuider
+
+    family, run, read_grid = modular_denoise(name)
     # Qwen-Image 2.1 decodes later steps from its KV cache: the queries are then the target image's alone
     offsets = {family.default_layer: "end" if name == "qwen-image-2.1" else family.image_offset}
     ours = run(seg.SmoothedEnergyGuidance(guidance_scale=4.0, blur_sigma=1.0))

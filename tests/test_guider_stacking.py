@@ -8,54 +8,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, guiders
+from diffusers import guiders
 from reference_guider import blur_norm_q
 from reference_stacked import ReferenceStackedGuider
 
 import smoothed_energy_guidance as seg
 from conftest import MIN_EFFECT, TOLERANCE, latents, layer_names, no_hooks_left
 from reference import blur_unet_layers
-from smoothed_energy_guidance.testing import tiny_sdxl_components
+from smoothed_energy_guidance.testing import diffusers_base_guiders, tiny_sdxl_components
 
 pytestmark = pytest.mark.filterwarnings("ignore:Guiders are currently an experimental feature")
 
 SIGMA = 2.0
 
 
-def _skip(fqn: str, **skips) -> dict:
-    return dict(indices=[0], fqn=fqn, **skips)
-
-
-def base_guiders(fqn: str) -> dict:
-    """Every guider diffusers ships besides CFG and SEG, each set to act on every step of a 3-step run (its
-    layer-skipping batches, where it has one, on the first block of the stack ``fqn``)."""
-    return {
-        "apg": lambda: guiders.AdaptiveProjectedGuidance(guidance_scale=7.0, adaptive_projected_guidance_momentum=-0.5),
-        "apg-mix": lambda: guiders.AdaptiveProjectedMixGuidance(
-            guidance_scale=5.0, adaptive_projected_guidance_start_step=1
-        ),
-        "cfg-zero-star": lambda: guiders.ClassifierFreeZeroStarGuidance(guidance_scale=5.0),
-        "frequency-decoupled": lambda: guiders.FrequencyDecoupledGuidance(guidance_scales=[6.0, 3.0]),
-        "tangential": lambda: guiders.TangentialClassifierFreeGuidance(guidance_scale=5.0),
-        "magnitude-aware": lambda: guiders.MagnitudeAwareGuidance(guidance_scale=5.0),
-        "pag": lambda: guiders.PerturbedAttentionGuidance(
-            guidance_scale=5.0,
-            perturbed_guidance_scale=2.0,
-            perturbed_guidance_start=0.0,
-            perturbed_guidance_stop=1.0,
-            perturbed_guidance_config=_skip(fqn, skip_attention=False, skip_attention_scores=True, skip_ff=False),
-        ),
-        "skip-layer": lambda: guiders.SkipLayerGuidance(
-            guidance_scale=5.0,
-            skip_layer_guidance_scale=2.0,
-            skip_layer_guidance_start=0.0,
-            skip_layer_guidance_stop=1.0,
-            skip_layer_config=_skip(fqn, skip_attention=True, skip_ff=True),  # the whole block, its default
-        ),
-        "auto-guidance": lambda: guiders.AutoGuidance(
-            guidance_scale=5.0, auto_guidance_config=_skip(fqn, skip_attention=True), dropout=1.0
-        ),
-    }
+base_guiders = diffusers_base_guiders  # each diffusers guider SEG stacks on, by name
 
 
 BASES = list(base_guiders("transformer_blocks"))
@@ -125,18 +92,9 @@ def sd3_case():
 
 def ernie_image_case():
     """ERNIE-Image takes no extra rows: SEG's perturbed prediction is a batch of its own after the base's."""
-    from test_guider_image_families import _modular_case
+    from test_guider_image_families import modular_denoise
 
-    family, blocks, embeds, read_grid = _modular_case("ernie-image")
-    pipe = blocks.sub_blocks["denoise"].init_pipeline()
-    pipe.update_components(transformer=family.model, scheduler=FlowMatchEulerDiscreteScheduler())
-    pipe.set_progress_bar_config(disable=True)
-
-    def run(guider):
-        pipe.update_components(guider=guider)
-        seed = torch.Generator().manual_seed(0)
-        return pipe(**embeds, height=96, width=160, num_inference_steps=3, generator=seed, output="latents")
-
+    family, run, read_grid = modular_denoise("ernie-image")
     offsets = {family.default_layer: family.image_offset}
     blur = lambda model: blur_norm_q(model, [family.default_layer], read_grid, SIGMA, offsets)  # noqa: E731
     return run, blur, family.model, {}, base_guiders("layers")

@@ -376,3 +376,41 @@ def diffusers_cache_configs(
             spatial_attention_block_skip_range=2, is_guidance_distilled=True, current_timestep_callback=current_timestep
         ),
     }
+
+
+def diffusers_base_guiders(layer_stack: str) -> dict[str, Any]:
+    """A maker of each guider diffusers ships besides CFG and SEG (the bases SEG stacks on), for tests and
+    benchmarks: each acts on every step, and the ones that skip layers in a batch of their own (PAG, skip-layer
+    guidance, AutoGuidance) skip the first block of the stack named ``layer_stack``."""
+    from diffusers import guiders
+
+    def skip(**skips: Any) -> dict[str, Any]:
+        return dict(indices=[0], fqn=layer_stack, **skips)
+
+    return {
+        "apg": lambda: guiders.AdaptiveProjectedGuidance(guidance_scale=5.0, adaptive_projected_guidance_momentum=-0.5),
+        "apg-mix": lambda: guiders.AdaptiveProjectedMixGuidance(
+            guidance_scale=5.0, adaptive_projected_guidance_start_step=1
+        ),
+        "cfg-zero-star": lambda: guiders.ClassifierFreeZeroStarGuidance(guidance_scale=5.0),
+        "frequency-decoupled": lambda: guiders.FrequencyDecoupledGuidance(guidance_scales=[6.0, 3.0]),
+        "tangential": lambda: guiders.TangentialClassifierFreeGuidance(guidance_scale=5.0),
+        "magnitude-aware": lambda: guiders.MagnitudeAwareGuidance(guidance_scale=5.0),
+        "pag": lambda: guiders.PerturbedAttentionGuidance(
+            guidance_scale=5.0,
+            perturbed_guidance_scale=2.0,
+            perturbed_guidance_start=0.0,
+            perturbed_guidance_stop=1.0,
+            perturbed_guidance_config=skip(skip_attention=False, skip_attention_scores=True, skip_ff=False),
+        ),
+        "skip-layer": lambda: guiders.SkipLayerGuidance(
+            guidance_scale=5.0,
+            skip_layer_guidance_scale=2.0,
+            skip_layer_guidance_start=0.0,
+            skip_layer_guidance_stop=1.0,
+            skip_layer_config=skip(skip_attention=True, skip_ff=True),  # the whole block, its default
+        ),
+        "auto-guidance": lambda: guiders.AutoGuidance(
+            guidance_scale=5.0, auto_guidance_config=skip(skip_attention=True), dropout=1.0
+        ),
+    }

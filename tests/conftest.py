@@ -72,3 +72,20 @@ def assert_matches_reference(seg_pipe, host_pipe, ref_layers, seg_args, make_cal
     assert error <= TOLERANCE, f"SEG differs from the reference by {error}"
     assert effect > MIN_EFFECT, f"SEG moved the output by only {effect}; the test would prove nothing"
     return ours
+
+
+@pytest.fixture(scope="module")
+def comfy():
+    """A ComfyUI session for one test module (the real ComfyUI in ../shared/comfyui)."""
+    from comfyui_host import comfy_session
+
+    with comfy_session() as comfy:
+        yield comfy
+
+
+@pytest.fixture(scope="module")
+def node(comfy):
+    """This project's ComfyUI node module, imported inside that session."""
+    from smoothed_energy_guidance.comfyui import nodes
+
+    return nodes

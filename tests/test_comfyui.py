@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from comfyui_host import (
-    comfy_session,
     flux_conditioning,
     hunyuan_dit_conditioning,
     hunyuan_video_conditioning,
@@ -41,19 +40,6 @@ from reference import reference_blur_matrix, reference_video_blur_matrix
 
 TOLERANCE = 1e-5  # relative to the output's scale
 MIN_EFFECT = 100 * TOLERANCE
-
-
-@pytest.fixture(scope="module")
-def comfy():
-    with comfy_session() as comfy:
-        yield comfy
-
-
-@pytest.fixture(scope="module")
-def node(comfy):
-    from smoothed_energy_guidance.comfyui import nodes
-
-    return nodes
 
 
 def apply_node(node, model, **inputs):

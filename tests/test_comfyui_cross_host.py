@@ -10,13 +10,7 @@ import contextlib
 import pytest
 import torch
 
-from comfyui_host import SDXL_UNET, comfy_session, tiny_sdxl
-
-
-@pytest.fixture(scope="module")
-def comfy():
-    with comfy_session() as comfy:
-        yield comfy
+from comfyui_host import SDXL_UNET, tiny_sdxl
 
 
 @contextlib.contextmanager

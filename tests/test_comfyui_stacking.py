@@ -18,20 +18,7 @@ from test_comfyui import (
     reference_unet_model,
 )
 
-from comfyui_host import comfy_session, flux_conditioning, sample, sdxl_conditioning, tiny_flux, tiny_sdxl
-
-
-@pytest.fixture(scope="module")
-def comfy():
-    with comfy_session() as comfy:
-        yield comfy
-
-
-@pytest.fixture(scope="module")
-def node(comfy):
-    from smoothed_energy_guidance.comfyui import nodes
-
-    return nodes
+from comfyui_host import flux_conditioning, sample, sdxl_conditioning, tiny_flux, tiny_sdxl
 
 
 def comfy_guidance(name: str):

@@ -120,13 +120,6 @@ class DenoiserPlan:
     cache_enabled: Callable[[], bool] = lambda: False
     cache_context: Callable[[str], Any] | None = None
 
-    def missed_cause(self) -> str:
-        """What to tell the user when SEG's layers or replayed blocks did not run."""
-        return (
-            "something skipped or replaced the blocks holding them (another hook on the model, such as a "
-            "layer-skip hook, or a block replaced after SEG was enabled)"
-        )
-
 
 @dataclass(frozen=True)
 class HostStep:
@@ -300,6 +293,11 @@ class CallState:
         self.recorded: dict[int, Any] = {}  # prefix index → the cond rows' output of its last block
 
 
+# What to tell the user when SEG's layers or replayed blocks did not run.
+MISSED_CAUSE = (
+    "something skipped or replaced the blocks holding them (another hook on the model, such as a layer-skip "
+    "hook, or a block replaced after SEG was enabled)"
+)
 # Phases of SEG's own perturbed call inside a host's call: with the prefix replayed, or in its own cache context.
 NESTED_PHASES = ("replay", "perturb")
 # The cache context (diffusers' cache_context) SEG's perturbed call runs in when a cache method is on.
@@ -484,7 +482,7 @@ class SegHooks:
         if missed:
             raise RuntimeError(
                 f"SEG ran a perturbed pass but {len(missed)} of its {len(targets)} layers were "
-                f"never reached (first: {missed[0]}), so their queries were not blurred: {self.plan.missed_cause()}."
+                f"never reached (first: {missed[0]}), so their queries were not blurred: {MISSED_CAUSE}."
             )
         return state, call
 
@@ -508,7 +506,7 @@ class SegHooks:
             if not host_call.cached and len(state.recorded) != len(self.plan.replay.prefixes):
                 raise RuntimeError(
                     f"SEG's host call reached {len(state.recorded)} of the {len(self.plan.replay.prefixes)} "
-                    f"blocks whose outputs its perturbed call replays: {self.plan.missed_cause()}."
+                    f"blocks whose outputs its perturbed call replays: {MISSED_CAUSE}."
                 )
             own_cache = host_call.cached and self.plan.cache_context is not None
             with self.plan.cache_context(PERTURBED_CACHE_CONTEXT) if own_cache else contextlib.nullcontext():

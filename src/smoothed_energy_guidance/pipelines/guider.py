@@ -391,12 +391,12 @@ class SmoothedEnergyGuidance(BaseGuidance):
         self._remove_hooks()  # an interrupted earlier call may have left its hooks
         self._learn_family(denoiser)
         batch = self._current_batch()
+        model = getattr(denoiser, "_orig_mod", denoiser)  # the module inside torch.compile's wrapper
         if self.base_guider is not None and batch != "pred_cond_seg":
             self.base_guider.prepare_models(denoiser)  # the base's own batch: its hooks, its count
         if batch == "pred_cond":
             self._pred_perturbed = None
             self._recorder = None
-            model = getattr(denoiser, "_orig_mod", denoiser)
             # under a cache, the perturbed batch has a cache state of its own and replays nothing
             separate = self._is_seg_enabled() and self._separate_pass and not cache_enabled(model)
             if separate and transformer_family(denoiser) is not None:
@@ -414,7 +414,7 @@ class SmoothedEnergyGuidance(BaseGuidance):
             if batch == "pred_cond_seg":
                 # the pipeline runs this batch in its cache context; caches that ignore contexts get SEG's state
                 self._cache_states = contextlib.ExitStack()
-                self._cache_states.enter_context(own_context_free_states(getattr(denoiser, "_orig_mod", denoiser)))
+                self._cache_states.enter_context(own_context_free_states(model))
 
     def cleanup_models(self, denoiser: nn.Module) -> None:
         self._remove_hooks()

@@ -10,7 +10,7 @@ fork inside the call; everything but the blocks before the first SEG block where
 is a call of its own with that prefix replayed (PixArt, Sana and the video families, whose code after the
 blocks uses pre-block tensors with the host's rows only); the whole pass where rows join at the input.
 
-    python benchmarks/bench_families.py --rounds 11 --write
+    python benchmarks/bench_families.py --rounds 21 --write
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from smoothed_energy_guidance.pipelines.transformer import (
     transformer_inventory,
     transformer_replay_plan,
 )
+from smoothed_energy_guidance.toy.statistics import median_interval
 
 SIDE = 32  # token grid side
 TOKENS = SIDE * SIDE
@@ -452,6 +453,10 @@ def step_runners(model, inputs, batched: bool, share_prefix: bool = True):
     return cfg, seg_cfg
 
 
+def _ratio(interval) -> str:
+    return f"{interval.mean:.3f}× ({interval.low:.3f}–{interval.high:.3f})"
+
+
 def _bytes(value) -> int:
     if isinstance(value, torch.Tensor):
         return value.numel() * value.element_size()
@@ -559,9 +564,10 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write benchmarks/FAMILIES.md")
     args = parser.parse_args()
     lines = [
-        "| family | CFG as | perturbed rows | SEG layer (default) | CFG step (s) | SEG + CFG step (s) | ratio "
-        "| FLOP-model limit | CFG again | kept for the replay, per image | the same SEG, rows at the input |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| family | CFG as | perturbed rows | SEG layer (default) | CFG step (s) | SEG + CFG step (s) | ratio (95 % "
+        "interval) | FLOP-model limit | over the limit | CFG again | kept for the replay, per image | the same SEG, "
+        "rows at the input |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, build in FAMILIES.items():
         torch.manual_seed(0)
@@ -579,18 +585,27 @@ def main() -> None:
             for name, run in order[shift:] + order[:shift]:
                 times[name].append(run())
         median = {name: statistics.median(values) for name, values in times.items()}
-        at_input = f"{median['input'] / median['cfg']:.3f}×" if "input" in median else "—"
+        # each round times every step back to back: its own ratios cancel the slow drifts of a shared machine
+        ratio = {
+            name: median_interval([run / cfg_time for run, cfg_time in zip(values, times["cfg"], strict=True)])
+            for name, values in times.items()
+            if name != "cfg"
+        }
+        at_input = _ratio(ratio["input"]) if "input" in ratio else "—"
         layer, limit, kept = flop_limit(model, inputs)
         how = "one batch of 2" if batched else "a second call"
         rows = ROWS[transformer_family(model).perturbed_rows.name]
         lines.append(
             f"| {label} | {how} | {rows} | `{layer}` | {median['cfg']:.3f} | {median['seg']:.3f} | "
-            f"**{median['seg'] / median['cfg']:.3f}×** | {limit:.3f}× | {median['again'] / median['cfg']:.3f}× "
-            f"| {kept} | {at_input} |"
+            f"**{ratio['seg'].mean:.3f}×** ({ratio['seg'].low:.3f}–{ratio['seg'].high:.3f}) | {limit:.3f}× | "
+            f"{ratio['seg'].mean - limit:+.3f} | {_ratio(ratio['again'])} | {kept} | {at_input} |"
         )
         print(lines[-1], flush=True)
     notes = [
         "",
+        "- Ratios: the median of the per-round ratios (each round times every step back to back, in an order "
+        "that rotates from round to round) with the distribution-free 95 % interval of that median (order "
+        "statistics); the step times are the medians over rounds.",
         "- CFG again: the CFG step timed a second time in the same rounds, the noise floor of this harness. "
         "On this shared 2-core machine single rows move by up to about 0.4× between runs (Sana measured "
         "1.43×, 1.90× and 1.55× in three runs); read each ratio against its CFG-again column.",
@@ -605,8 +620,7 @@ def main() -> None:
             "# Step cost of SEG per transformer family, measured side by side\n\n"
             f"`python benchmarks/bench_families.py --rounds {args.rounds} --write`: each family's denoiser at hidden "
             f"width {WIDTH}, {BLOCKS} blocks, a {SIDE} × {SIDE} token grid, {TEXT} text tokens, random weights, "
-            "fp32, CPU; SEG (σ = 10) on the family's default layer. Ratios are of medians measured interleaved in "
-            "one process.\n\n"
+            "fp32, CPU; SEG (σ = 10) on the family's default layer, measured interleaved in one process.\n\n"
         )
         estimate = "\n".join(
             [

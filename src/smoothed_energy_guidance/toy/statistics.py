@@ -1,4 +1,5 @@
-"""Intervals and tests for the quality sweep: Student-t over seeds, paired t-tests, Holm's correction.
+"""Intervals and tests for the quality sweep (Student-t over seeds, paired t-tests, Holm's correction) and for
+timings (a distribution-free interval for a median).
 
 Each metric is measured once per seed (fresh noise, fresh real reference); the seed interval says how far
 another run would land. Settings are compared seed by seed (same noise, same reference), and the p-values
@@ -67,6 +68,27 @@ def paired_t_test(differences: Sequence[float], confidence: float = 0.95) -> tup
         return interval, 0.0 if interval.mean != 0 else 1.0
     statistic = interval.mean / spread
     return interval, float(2 * t.sf(abs(statistic), len(values) - 1))
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    """The median with its distribution-free interval: the order statistics ``[x(k), x(n + 1 - k)]`` with the
+    largest ``k`` whose binomial coverage is still at least ``confidence`` (for timings, whose noise on a shared
+    machine is skewed and heavy-tailed, where a Student-t interval is not valid). Needs enough values for that
+    coverage (6 for 95 %).
+    """
+    try:
+        from scipy.stats import binom
+    except ImportError:
+        raise ImportError("Intervals need SciPy: pip install 'smoothed-energy-guidance[eval]'.") from None
+    ordered = np.sort(np.asarray(values, dtype=np.float64))
+    count = len(ordered)
+    # the interval [x(k), x(n+1-k)] misses the median with probability 2·P(Binomial(n, ½) ≤ k − 1)
+    k = 0
+    while k + 1 <= (count + 1) // 2 and 1 - 2 * binom.cdf(k, count, 0.5) >= confidence:
+        k += 1
+    if k == 0:
+        raise ValueError(f"A {confidence:.0%} interval for a median needs more than {count} values.")
+    return Interval(float(np.median(ordered)), float(ordered[k - 1]), float(ordered[count - k]))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

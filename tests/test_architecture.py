@@ -110,6 +110,21 @@ def test_src_never_infers_its_call_from_frames_bytecode_or_private_state(kind):
     assert not found, f"{kind} read in {found}"
 
 
+# The host's private attributes SEG reads, each in one module that says why (never about what SEG serves)
+PRIVATE_READS = {
+    "_orig_mod": "pipelines/compiled.py",  # torch.compile's wrapper → the module it runs
+    "_diffusers_hook": "pipelines/caches.py",  # a cache hook's state, which diffusers offers no getter for
+}
+
+
+@pytest.mark.parametrize("attribute", sorted(PRIVATE_READS))
+def test_each_private_attribute_of_a_host_is_read_in_one_place(attribute):
+    readers = sorted(
+        path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py") if attribute in path.read_text()
+    )
+    assert readers == [PRIVATE_READS[attribute]]
+
+
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)

@@ -14,6 +14,7 @@ from torch import nn
 from ..core.guidance import SegConfig
 from ..families import supported_pipelines_text
 from ..hooks import SegHooks
+from .compiled import unwrap_compiled
 from .transformer import enable_seg_transformer, transformer_family
 from .unet import enable_seg_unet
 
@@ -77,10 +78,10 @@ def attach_seg(pipe: Any, config: SegConfig, share_prefix: bool = True, true_cfg
         return SegHooks(None, config, read_host=None)
     refuse_attention_guidance_pipelines(pipe)
     unet = getattr(pipe, "unet", None)
-    if isinstance(unet, nn.Module) and _is_conditional_unet(getattr(unet, "_orig_mod", unet)):
+    if isinstance(unet, nn.Module) and _is_conditional_unet(unwrap_compiled(unet)):
         return enable_seg_unet(pipe, config, share_prefix)
     transformer = getattr(pipe, "transformer", None)
-    family = transformer_family(getattr(transformer, "_orig_mod", transformer)) if transformer is not None else None
+    family = transformer_family(unwrap_compiled(transformer)) if transformer is not None else None
     if family is not None and family.has_pipelines:
         return enable_seg_transformer(pipe, config, share_prefix, true_cfg_scale)
     if family is not None:

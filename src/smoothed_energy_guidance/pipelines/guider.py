@@ -32,6 +32,7 @@ from ..core.guidance import SegConfig, rescale_noise_cfg
 from ..families import guider_family_names
 from ..hooks import HandOverPerturbed, HostStep, SegHooks, fresh_copy
 from .caches import cache_enabled, own_context_free_states
+from .compiled import unwrap_compiled
 from .transformer import attach_seg_to_transformer, seg_layer_names, transformer_family, transformer_replay_plan
 from .unet import attach_seg_to_unet
 
@@ -48,7 +49,7 @@ class PrefixRecorder:
     output of the last block before the first SEG block in each block list, for the perturbed call to replay."""
 
     def __init__(self, denoiser: nn.Module, config: SegConfig) -> None:
-        model = getattr(denoiser, "_orig_mod", denoiser)
+        model = unwrap_compiled(denoiser)
         family, names = seg_layer_names(model, config)
         prefixes = transformer_replay_plan(model, names, family).prefixes
         self.inputs: tuple[tuple, dict] | None = None
@@ -364,7 +365,7 @@ class SmoothedEnergyGuidance(BaseGuidance):
     def _learn_family(self, denoiser: nn.Module) -> None:
         """Whether the denoiser needs a separate perturbed batch; on the first step, before any denoiser
         reached the guider, the batch joins the list the pipeline is iterating (its cond inputs)."""
-        family = transformer_family(getattr(denoiser, "_orig_mod", denoiser))
+        family = transformer_family(unwrap_compiled(denoiser))
         separate = family is not None and not family.forks
         if separate and not self._separate_pass and self._planned is not None and self._is_seg_enabled():
             batches, make_batch = self._planned
@@ -391,7 +392,7 @@ class SmoothedEnergyGuidance(BaseGuidance):
         self._remove_hooks()  # an interrupted earlier call may have left its hooks
         self._learn_family(denoiser)
         batch = self._current_batch()
-        model = getattr(denoiser, "_orig_mod", denoiser)  # the module inside torch.compile's wrapper
+        model = unwrap_compiled(denoiser)
         if self.base_guider is not None and batch != "pred_cond_seg":
             self.base_guider.prepare_models(denoiser)  # the base's own batch: its hooks, its count
         if batch == "pred_cond":
@@ -524,7 +525,7 @@ def guider_families() -> list[str]:
 
 def attach_seg_hooks(denoiser: nn.Module, config: SegConfig, take_perturbed: Any, scope: Any) -> SegHooks:
     """SEG hooks on any supported denoiser for one call whose every row is a cond row to perturb."""
-    model = getattr(denoiser, "_orig_mod", denoiser)
+    model = unwrap_compiled(denoiser)
     read_host = lambda timestep, call: _GUIDER_CALL  # noqa: E731 - the guider decides steps itself
     per_call = dict(scope=scope, output=HandOverPerturbed(take_perturbed))
     if any(cls.__name__ == "UNet2DConditionModel" for cls in type(model).__mro__):

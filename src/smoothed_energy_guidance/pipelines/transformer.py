@@ -22,6 +22,7 @@ from ..core.layers import BlockInventory, resolve_block_layers
 from ..families import Family, family_of_denoiser
 from ..hooks import DenoiserPlan, ForkPlan, HostStep, OutputUnit, QueryTarget, ReplayPlan, SegHooks
 from .caches import cache_enabled, perturbed_cache_context
+from .compiled import unwrap_compiled
 from .progress import LoopProgress
 from .queries import query_source
 
@@ -217,7 +218,7 @@ def enable_seg_transformer(
     pipe: Any, config: SegConfig, share_prefix: bool = True, true_cfg_scale: float = 1.0
 ) -> SegHooks:
     """Attach SEG to ``pipe.transformer`` (SD3 / SD3.5 / Flux.1), acting on ``pipe``'s calls only."""
-    model = getattr(pipe.transformer, "_orig_mod", pipe.transformer)
+    model = unwrap_compiled(pipe.transformer)
     family = transformer_family(model)
     if true_cfg_scale <= 0 or not math.isfinite(true_cfg_scale):
         raise ValueError(f"true_cfg_scale must be a positive number, got {true_cfg_scale!r}.")
@@ -251,7 +252,7 @@ def attach_seg_to_transformer(
     Families that cannot take extra rows inside a call (``forks=False``) get their perturbed prediction
     from a call of its own (the guider's separate batch), every row of it blurred.
     """
-    model = getattr(transformer, "_orig_mod", transformer)
+    model = unwrap_compiled(transformer)
     family, names = seg_layer_names(model, config)
     replays = family.replays_prefix or not family.forks
     plan = DenoiserPlan(

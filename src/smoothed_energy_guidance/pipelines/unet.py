@@ -12,6 +12,7 @@ from ..core.guidance import SegConfig
 from ..core.layers import AttentionInventory, resolve_layers, unet_self_attention_inventory
 from ..hooks import DenoiserPlan, ForkPlan, HostStep, OutputUnit, QueryTarget, SegHooks, append_cond_rows
 from .caches import cache_enabled, perturbed_cache_context
+from .compiled import unwrap_compiled
 from .progress import LoopProgress
 from .queries import query_source
 
@@ -182,7 +183,7 @@ def attach_seg_to_unet(
     ``scope``: the pipeline or guider the hooks serve; ``output``: what the host gets back (see
     :class:`SegHooks`; by default a pipeline's combined prediction).
     """
-    model = getattr(unet, "_orig_mod", unet)  # the module inside torch.compile's wrapper
+    model = unwrap_compiled(unet)
     refuse_split_inference(model)
     inventory = unet_inventory(model)
     specs = config.layers if config.layers is not None else default_unet_layers(model, inventory)

@@ -75,7 +75,7 @@ def test_only_pipelines_import_diffusers_and_transformers():
 def test_cli_and_ui_use_only_the_public_api():
     for path in module_files("cli"):
         parents = {m for m in imports(path) if m.startswith("..")}
-        allowed = {"..", "..pipelines", "..ui", "..metrics"}
+        allowed = {"..", "..catalog", "..pipelines", "..ui", "..metrics"}
         outside = {p for p in parents if p not in allowed and not p.startswith("..toy.")}
         assert not outside, f"cli/{path.name} reaches into {sorted(outside)}"
     for path in module_files("ui"):
@@ -187,3 +187,31 @@ def test_the_comfyui_node_path_never_imports_diffusers():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_commands_help_and_argument_errors_answer_before_any_model_library_loads():
+    """``seg --help`` and a mistyped option answer at once (they took 7 s when the CLI imported diffusers first)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from smoothed_energy_guidance.cli import main\n"
+        "for argv in (['--help'], ['generate', '--help'], ['generate', '--steps', 'x'], ['sweep', '--nope']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'diffusers', 'transformers', 'PIL'}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "invalid int value: 'x'" in result.stderr and "required: --x" in result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+
+
+def test_the_scheduler_names_the_command_offers_are_the_schedulers_it_loads():
+    from smoothed_energy_guidance.catalog import SCHEDULER_NAMES
+    from smoothed_energy_guidance.pipelines import SCHEDULERS
+
+    assert tuple(SCHEDULERS) == SCHEDULER_NAMES

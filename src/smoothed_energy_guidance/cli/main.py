@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..pipelines import DEFAULT_MODEL, SCHEDULERS, TOY_MODEL, ModelLoadError, resolve_device
+from ..catalog import DEFAULT_MODEL, SCHEDULER_NAMES, TOY_MODEL
 from .settings import GenerationSettings, parse_layers, parse_lora, parse_sigma, parse_temporal_sigma
 
 # option → (settings field, parser); options left out on the command line keep their defaults
@@ -34,7 +34,7 @@ SETTING_OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--seg-end": ("seg_end", float, "fraction of steps where SEG ends (default 1)"),
     "--seed": ("seed", int, "random seed (default: a random one, recorded in the PNG)"),
     "--num-images": ("num_images", int, "images to make, seeds seed, seed+1, … (default 1)"),
-    "--scheduler": ("scheduler", str, f"default (the model's own) or one of {', '.join(SCHEDULERS)}"),
+    "--scheduler": ("scheduler", str, f"default (the model's own) or one of {', '.join(SCHEDULER_NAMES)}"),
     "--controlnet": ("controlnet", str, "ControlNet folder or hub id"),
     "--control-image": ("control_image", str, "the ControlNet condition image"),
     "--init-image": ("init_image", str, "start from this image (img2img)"),
@@ -295,6 +295,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import dataclasses
     import shlex
 
+    from ..pipelines import resolve_device
     from ..toy.evaluate import SweepPlan, evaluate
     from ..toy.report import confirmation_markdown, sweep_markdown, write_reports
     from ..toy.testbeds import testbed
@@ -397,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hub_logging.set_verbosity_error()
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, ModelLoadError, FileExistsError) as error:
+    except (ValueError, FileExistsError) as error:  # a ModelLoadError is a ValueError
         print(f"seg {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..pipelines import DEFAULT_MODEL
+from ..catalog import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)

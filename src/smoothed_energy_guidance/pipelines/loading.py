@@ -19,24 +19,21 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from ..catalog import DEFAULT_MODEL, TINY_RANDOM, TOY_MODEL
 from ..families import cli_family_tasks, family_key_of_pipeline_class
 from .enable import SUPPORTED_FAMILIES
 from .registry import SEG_CLASSES
 
 SEG_CLASSES_BY_NAME = {cls.__name__: cls for cls in SEG_CLASSES.values()}
 
-#: Built-in offline model: a tiny SDXL-architecture pipeline with random weights.
-TINY_RANDOM = "tiny-random"
-#: The project's own small trained model (procedural scenes, 32×32), shipped with the package.
-TOY_MODEL = "seg-toy"
 _WEIGHTS = Path(__file__).resolve().parents[1] / "toy" / "weights"
 TOY_MODEL_DIR = _WEIGHTS / TOY_MODEL
 #: Every trained model shipped with the package (SDXL layout): the toy and the harder 64×64 testbed.
 BUNDLED_MODELS = {TOY_MODEL: TOY_MODEL_DIR, "seg-clutter": _WEIGHTS / "seg-clutter"}
 #: Tiny random models of every family, for offline checks: name → family.
 TINY_MODELS = {TINY_RANDOM: "sdxl", "tiny-random-sd": "sd", "tiny-random-sd3": "sd3", "tiny-random-flux": "flux"}
-DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 
+# the classes of the schedulers catalog.SCHEDULER_NAMES offers, in its order
 SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
     "euler": (EulerDiscreteScheduler, {}),
     "euler-a": (EulerAncestralDiscreteScheduler, {}),

@@ -114,6 +114,8 @@ def test_src_never_infers_its_call_from_frames_bytecode_or_private_state(kind):
 PRIVATE_READS = {
     "_orig_mod": "pipelines/compiled.py",  # torch.compile's wrapper → the module it runs
     "_diffusers_hook": "pipelines/caches.py",  # a cache hook's state, which diffusers offers no getter for
+    "_input_predictions": "pipelines/guider.py",  # the predictions a base guider combines (its class declares them)
+    "_execution_device": "cli/generate.py",  # where an offloaded pipeline runs: the seed generator's device
 }
 
 

@@ -47,13 +47,36 @@ def sharp(model):
     return model.eval()
 
 
-def check(ours, host, names, call, sigma, cfg, token_dim, true_cfg_scale=None, guidance=4.0, grid=GRID):
+def check(
+    ours,
+    host,
+    names,
+    call,
+    sigma,
+    cfg,
+    token_dim,
+    true_cfg_scale=None,
+    guidance=4.0,
+    grid=GRID,
+    text_tokens=None,
+    seg_layers=None,
+):
     def fresh():
         return dict(call, generator=torch.Generator().manual_seed(0), output_type="latent")
 
-    result = ours(**fresh(), seg_scale=3.0, seg_blur_sigma=sigma).images
+    chosen = {} if seg_layers is None else {"seg_applied_layers": seg_layers}
+    result = ours(**fresh(), seg_scale=3.0, seg_blur_sigma=sigma, **chosen).images
     with reference_seg_transformer(
-        host.transformer, names, grid, sigma, 3.0, cfg, guidance, token_dim=token_dim, true_cfg_scale=true_cfg_scale
+        host.transformer,
+        names,
+        grid,
+        sigma,
+        3.0,
+        cfg,
+        guidance,
+        token_dim=token_dim,
+        true_cfg_scale=true_cfg_scale,
+        text_tokens=text_tokens,
     ):
         reference = host(**fresh()).images
     plain = host(**fresh()).images
@@ -328,6 +351,108 @@ def test_sana_linear_attention_matches_the_reference(qk_norm, cfg):
 
 
 # SD3 ControlNet ----------------------------------------------------------------------------------------
+# AuraFlow ---------------------------------------------------------------------------------------------
+def auraflow_parts():
+    from diffusers import AuraFlowTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(0)
+    transformer = AuraFlowTransformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=4,
+        num_mmdit_layers=1,
+        num_single_dit_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        caption_projection_dim=16,  # its width: the register tokens join the projected text
+        out_channels=4,
+        pos_embed_max_size=256,
+    )
+    # Random weights barely let blurred queries reach the output: the per-head LayerNorm (no weights) normalises
+    # scaled projections back, so the softmax scale sharpens the attention; a block's attention output reaches
+    # the residual only through its gated feed-forward, so the gates and the feed-forward's input grow too.
+    with torch.no_grad():
+        for name, module in transformer.named_modules():
+            if type(module).__name__ == "Attention":
+                module.scale *= 16
+            elif name.endswith(("norm1.linear", "norm1_context.linear", "ff.linear_1", "ff_context.linear_1")):
+                module.weight.mul_(4)
+    return dict(
+        tokenizer=None,
+        text_encoder=None,
+        vae=_tiny_vae(),
+        transformer=transformer.eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )
+
+
+AURAFLOW_TEXT = 5
+AURAFLOW_CALL = dict(embeddings(AURAFLOW_TEXT, 32, "prompt_attention_mask"), height=32, width=48, num_inference_steps=3)
+
+
+@pytest.mark.parametrize("cfg", [True, False], ids=["cfg", "no-cfg"])
+@pytest.mark.parametrize(
+    ("layers", "sigma"),
+    [(None, 2.0), (None, math.inf), (["joint_transformer_blocks.0.attn"], 2.0)],
+    ids=["default-single-block", "default-single-block-inf", "joint-block"],
+)
+def test_auraflow_matches_the_reference(cfg, layers, sigma):
+    """The default layer is the middle of the three blocks, the first single block: its queries are [8 register
+    tokens, the text, the image]; a joint block's image queries come alone from ``to_q``."""
+    parts = auraflow_parts()
+    ours, host = make_pipe(seg.AuraFlowSEGPipeline, parts), make_pipe(diffusers.AuraFlowPipeline, parts)
+    call = dict(AURAFLOW_CALL, guidance_scale=4.0 if cfg else 1.0)
+    names = layers or ["single_transformer_blocks.0.attn"]
+    registers = parts["transformer"].register_tokens.shape[1]
+    text = {"single_transformer_blocks.0.attn": registers + AURAFLOW_TEXT}
+    check(ours, host, names, call, sigma, cfg, 1, text_tokens=text, seg_layers=layers)
+
+
+def test_auraflow_forks_its_perturbed_rows_after_the_shared_prefix_inside_its_window():
+    """Under CFG the joint block before the default SEG block runs on the host's two rows only; the single
+    blocks from the SEG block on return a third row, the perturbed copy of the cond row forked there."""
+    parts = auraflow_parts()
+    ours = make_pipe(seg.AuraFlowSEGPipeline, parts)
+    model = parts["transformer"]
+    rows: dict[str, list[int]] = {}
+    watched = {
+        "joint.0": model.joint_transformer_blocks[0],
+        "single.0": model.single_transformer_blocks[0],
+        "single.1": model.single_transformer_blocks[1],
+    }
+    handles = [  # the rows each block returns (a joint block returns (text, image))
+        module.register_forward_hook(
+            lambda _, args, output, name=name: rows.setdefault(name, []).append(
+                (output[-1] if isinstance(output, tuple) else output).shape[0]
+            )
+        )
+        for name, module in watched.items()
+    ]
+    try:
+        ours(**AURAFLOW_CALL, guidance_scale=4.0, generator=torch.Generator().manual_seed(0), output_type="latent")
+    finally:
+        for handle in handles:
+            handle.remove()
+    steps = AURAFLOW_CALL["num_inference_steps"]
+    assert rows == {"joint.0": [2] * steps, "single.0": [3] * steps, "single.1": [3] * steps}
+    rows.clear()
+    handle = model.single_transformer_blocks[0].register_forward_hook(
+        lambda _, args, output: rows.setdefault("single.0", []).append(output.shape[0])
+    )
+    try:  # AuraFlow hands its denoiser t / 1000: the window still follows the loop's steps
+        ours(
+            **dict(AURAFLOW_CALL, num_inference_steps=4),
+            guidance_scale=4.0,
+            seg_guidance_end=0.5,
+            generator=torch.Generator().manual_seed(0),
+            output_type="latent",
+        )
+    finally:
+        handle.remove()
+    assert rows["single.0"] == [3, 3, 2, 2]
+
+
 @pytest.mark.parametrize("cfg", [True, False], ids=["cfg", "no-cfg"])
 def test_sd3_controlnet_matches_the_reference(cfg):
     """ControlNet residuals join between blocks from the first on: the perturbed rows join at the input."""
@@ -370,7 +495,7 @@ def _raise(*args, **kwargs):
     raise RuntimeError("interrupted by the user")
 
 
-@pytest.mark.parametrize("family", ["qwen-image", "pixart", "hunyuandit", "sana", "sd3-controlnet"])
+@pytest.mark.parametrize("family", ["qwen-image", "pixart", "hunyuandit", "sana", "auraflow", "sd3-controlnet"])
 def test_hooks_are_gone_after_an_exception(family):
     """A callback that raises mid-loop (an interrupt) leaves no SEG hook on the denoiser."""
     if family == "qwen-image":
@@ -390,6 +515,9 @@ def test_hooks_are_gone_after_an_exception(family):
     elif family == "sana":
         pipe = make_pipe(seg.SanaSEGPipeline, sana_parts(None))
         call = dict(embeddings(6, 32, "prompt_attention_mask"), negative_prompt=None, height=64, width=96)
+    elif family == "auraflow":
+        pipe = make_pipe(seg.AuraFlowSEGPipeline, auraflow_parts())
+        call = dict(AURAFLOW_CALL, guidance_scale=4.0)
     else:
         parts = tiny_sd3_components(seed=0)
         parts["controlnet"] = diffusers.SD3ControlNetModel(

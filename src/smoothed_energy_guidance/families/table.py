@@ -260,6 +260,33 @@ SANA = Family(
     pipeline_prefixes={"sana": ("Sana",)},
     unsupported_pipeline_prefixes=("SanaSprint",),
 )
+AURAFLOW = Family(
+    name="AuraFlow",
+    note="and models built on it, e.g. Pony V7",
+    denoiser_classes=("AuraFlowTransformer",),
+    stacks=(
+        # MMDiT blocks: the image stream's own queries; then single blocks over [registers + text, image]
+        Stack(spec="joint", path="joint_transformer_blocks"),
+        Stack(spec="single", path="single_transformer_blocks", tokens=TEXT_FIRST),
+    ),
+    attention_names=("attn",),
+    # the image tokens end the single blocks' queries (8 register tokens precede the text there)
+    read_inputs=inputs.latent_inputs(),
+    timestep_scale=1000.0,
+    pipelines={
+        "auraflow": {
+            "text2img": task(
+                "AuraFlowPipeline",
+                "AuraFlowSEGPipeline",
+                doc=(
+                    "AuraFlow (and models built on it, such as Pony V7) text-to-image with SEG on the image "
+                    "tokens' queries of its joint and single blocks; the register and text tokens stay as they are."
+                ),
+            )
+        }
+    },
+    pipeline_prefixes={"auraflow": ("AuraFlow",)},
+)
 WAN = Family(
     name="Wan",
     video=True,
@@ -501,6 +528,7 @@ FAMILIES: tuple[Family, ...] = (
     PIXART,
     HUNYUAN_DIT,
     SANA,
+    AURAFLOW,
     WAN,
     COGVIDEOX,
     LTX_VIDEO,

@@ -185,7 +185,7 @@ def transformer_host_reader(pipe: Any, family: Family, true_cfg_scale: float, co
     from .unet import host_reader
 
     if not family.separate_cfg:
-        return host_reader(pipe)
+        return host_reader(pipe, family.timestep_scale)
     loop_progress = LoopProgress(pipe)
     last_timestep = threading.local()
 

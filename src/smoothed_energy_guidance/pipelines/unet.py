@@ -127,9 +127,10 @@ def unet_fork_plan(unet: nn.Module, layer_names: Sequence[str]) -> ForkPlan:
     return ForkPlan(tuple(block for _, block in blocks[first:]), widen_inputs)
 
 
-def host_reader(pipe: Any):
+def host_reader(pipe: Any, timestep_scale: float = 1.0):
     """Read, per denoiser call, what the host pipeline's own loop is doing: its public CFG properties,
-    or (PixArt, which has none) the call's own ``guidance_scale`` argument, CFG on above 1 as there."""
+    or (PixArt, AuraFlow, which have none) the call's own ``guidance_scale`` argument, CFG on above 1 as there.
+    ``timestep_scale``: the pipeline hands its denoiser ``timestep / timestep_scale`` (AuraFlow: 1000)."""
 
     progress = LoopProgress(pipe)
 
@@ -148,7 +149,7 @@ def host_reader(pipe: Any):
             cfg=bool(cfg),
             guidance_scale=float(guidance_scale),
             guidance_rescale=float(getattr(pipe, "guidance_rescale", 0.0) or 0.0),
-            progress=lambda: progress(timestep),
+            progress=lambda: progress(timestep * timestep_scale if timestep is not None else None),
         )
 
     return read

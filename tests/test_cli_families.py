@@ -8,6 +8,7 @@ import sys
 import pytest
 from PIL import Image
 from test_cli_edges import seg
+from test_dit_families import auraflow_parts
 from test_flux_variants import chroma_parts, flux_parts
 
 from conftest import make_pipe
@@ -26,6 +27,7 @@ CLASS_NAMES = {
     "PixArtSigmaPipeline": ("pixart-sigma", "PixArtSigmaSEGPipeline"),
     "HunyuanDiTPipeline": ("hunyuandit", "HunyuanDiTSEGPipeline"),
     "SanaPipeline": ("sana", "SanaSEGPipeline"),
+    "AuraFlowPipeline": ("auraflow", "AuraFlowSEGPipeline"),
     "StableDiffusion3ControlNetPipeline": ("sd3", "StableDiffusion3SEGPipeline"),
     "WanPipeline": ("wan", "WanSEGPipeline"),
     "WanImageToVideoPipeline": ("wan-i2v", "WanSEGImageToVideoPipeline"),
@@ -62,15 +64,21 @@ def _saved(tmp_path, name, cls, parts):
     return folder
 
 
-def test_seg_generate_runs_chroma_and_kontext_folders(tmp_path):
-    """Chroma (CFG as a second call: --cfg is its guidance scale) and Kontext, through the real command.
+def test_seg_generate_runs_chroma_kontext_and_auraflow_folders(tmp_path):
+    """Chroma (CFG as a second call: --cfg is its guidance scale), Kontext and AuraFlow (batched CFG, its text
+    from a T5 encoder), through the real command.
 
     Kontext with --init-image resizes its reference image to about a megapixel, as diffusers' pipeline
     does; that path is checked through the API (test_flux_variants), and here only its refusal of a mask.
     """
-    from diffusers import ChromaPipeline, FluxKontextPipeline
+    from diffusers import AuraFlowPipeline, ChromaPipeline, FluxKontextPipeline
+
+    from smoothed_energy_guidance.testing import tiny_t5_encoder, tiny_t5_tokenizer
 
     chroma = _saved(tmp_path, "chroma", ChromaPipeline, chroma_parts())
+    tokenizer = tiny_t5_tokenizer()
+    auraflow_text = dict(tokenizer=tokenizer, text_encoder=tiny_t5_encoder(len(tokenizer)))
+    auraflow = _saved(tmp_path, "auraflow", AuraFlowPipeline, {**auraflow_parts(), **auraflow_text})
     kontext = _saved(tmp_path, "kontext", FluxKontextPipeline, flux_parts())
     init = tmp_path / "init.png"
     Image.effect_noise((48, 32), 60).convert("RGB").save(init)
@@ -91,11 +99,12 @@ def test_seg_generate_runs_chroma_and_kontext_folders(tmp_path):
             *common,
         ),
         "kontext": seg("generate", "--model", kontext, *size, "--out", tmp_path / "b", *common),
+        "auraflow": seg("generate", "--model", auraflow, "--cfg", "4", *size, "--out", tmp_path / "d", *common),
         "kontext-inpaint": seg(
             "generate", "--model", kontext, "--init-image", init, "--mask", init, "--out", tmp_path / "c", *common
         ),
     }
-    for name in ("chroma", "kontext"):
+    for name in ("chroma", "kontext", "auraflow"):
         assert runs[name].returncode == 0, runs[name].stderr
         written = [line for line in runs[name].stdout.splitlines() if line.endswith(".png")]
         assert written and Image.open(written[0]).size == (48, 32)

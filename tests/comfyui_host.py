@@ -161,6 +161,18 @@ QWEN_IMAGE = dict(
     joint_attention_dim=32,
     axes_dims_rope=(8, 12, 12),
 )
+AURAFLOW = dict(  # 1 joint (MMDiT) block and 2 single blocks; 8 register tokens open the text
+    in_channels=4,
+    out_channels=4,
+    patch_size=2,
+    dim=64,
+    n_layers=3,
+    n_double_layers=1,
+    n_heads=2,
+    global_conddim=64,
+    cond_seq_dim=32,
+    max_seq=256,
+)
 PIXART = dict(
     image_model="pixart_sigma",
     input_size=16,
@@ -309,6 +321,7 @@ TINY_MODELS = {
     "tiny_hunyuan_video": ("HunyuanVideo", HUNYUAN_VIDEO),
     "tiny_ltx_video": ("LTXV", LTX_VIDEO),
     "tiny_mochi": ("GenmoMochi", MOCHI),
+    "tiny_auraflow": ("AuraFlow", AURAFLOW),
 }
 
 
@@ -339,7 +352,20 @@ def _builder(name: str):
     tiny_hunyuan_video,
     tiny_ltx_video,
     tiny_mochi,
+    _tiny_auraflow_weights,
 ) = (_builder(name) for name in TINY_MODELS)
+
+
+def tiny_auraflow(comfy, seed: int = 0):
+    """ComfyUI's AuraFlow with weights under which blurred queries reach the output: its query norms have no
+    weights (fill_random's query gain cannot sharpen them), and with small random gates a block's attention
+    barely moves the residual; the gates and the attention's values and outputs grow instead."""
+    model = _tiny_auraflow_weights(comfy, seed)
+    with torch.no_grad():
+        for name, parameter in model.model.diffusion_model.named_parameters():
+            if any(part in name for part in (".modC.", ".modX.", ".modCX.", "v.weight", "o.weight")):
+                parameter.mul_(8.0)
+    return model
 
 
 def sd3_conditioning(seed: int):

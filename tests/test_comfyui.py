@@ -22,6 +22,7 @@ from comfyui_host import (
     sd3_conditioning,
     sdxl_conditioning,
     text_conditioning,
+    tiny_auraflow,
     tiny_chroma,
     tiny_flux,
     tiny_hunyuan_dit,
@@ -450,6 +451,27 @@ def test_image_dit_node_matches_the_reference(comfy, node, family, cfg):
     assert_matches(ours, sample(comfy, reference, positive, negative, latent, cfg), plain)
 
 
+# AuraFlow -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("layers", "target"),
+    [
+        ("", ("single_layers.0.attn.q_norm1", 8 + 16, 1)),  # [8 registers, 16 text tokens, image]
+        ("joint.0", ("double_layers.0.attn.q_norm2", 0, 1)),  # the image stream's own queries
+    ],
+    ids=["default-single", "joint"],
+)
+@pytest.mark.parametrize("cfg", [4.0, 1.0])
+def test_auraflow_node_matches_the_reference(comfy, node, layers, target, cfg):
+    """ComfyUI's AuraFlow shares SD3's class name (MMDiT): it is told apart by its module and gets its own layers."""
+    model = tiny_auraflow(comfy)
+    latent = torch.zeros(1, 4, 10, 14)  # 5 × 7 image tokens
+    positive, negative = text_conditioning(5)
+    plain = sample(comfy, model, positive, negative, latent, cfg)
+    ours = sample(comfy, apply_node(node, model, blur_sigma=2.0, layers=layers), positive, negative, latent, cfg)
+    reference = reference_hooked_model(comfy, model, 3.0, [target], (5, 7), 2.0)
+    assert_matches(ours, sample(comfy, reference, positive, negative, latent, cfg), plain)
+
+
 # Video: Wan, HunyuanVideo, LTX-Video, Mochi ------------------------------------------------------------------
 VIDEO = {  # builder, conditioning, latent (B, C, T, H, W), reference targets, token grid (t, h, w)
     "wan": (tiny_wan, wan_conditioning, (1, 16, 3, 10, 13), [("blocks.1.self_attn.norm_q", 0, 1)], (3, 5, 7)),
@@ -546,6 +568,7 @@ DIT_PREFIX = {  # builder, conditioning, latent, a prefix block and the first SE
     "flux": (tiny_flux, flux_conditioning, (1, 16, 10, 14), "double_blocks.1", "single_blocks.0"),
     "sd3": (tiny_sd3, sd3_conditioning, (1, 16, 10, 13), "joint_blocks.0", "joint_blocks.1"),
     "wan": (tiny_wan, wan_conditioning, (1, 16, 3, 10, 13), "blocks.0", "blocks.1"),
+    "auraflow": (tiny_auraflow, text_conditioning, (1, 4, 10, 14), "double_layers.0", "single_layers.0"),
     "hunyuanvideo": (
         tiny_hunyuan_video,
         hunyuan_video_conditioning,

@@ -37,7 +37,9 @@ class ComfyFamily:
     """A ComfyUI model family SEG serves: how to find its layers and its image-token grid."""
 
     name: str
-    diffusion_model_classes: tuple[str, ...]  # class names of ``model.diffusion_model``
+    # class names of ``model.diffusion_model``, qualified by their module where two families share a name
+    # (``comfy.ldm.aura.mmdit.MMDiT`` is AuraFlow, ``comfy.ldm.modules.diffusionmodules.mmdit.MMDiT`` SD3)
+    diffusion_model_classes: tuple[str, ...]
     layers: Callable[[nn.Module, Sequence[str] | None], tuple[QueryLayer, ...]]
     # latent cells per token along each latent axis after the channels ((t,) h, w); None: a UNet, whose
     # levels halve the latent instead
@@ -147,6 +149,25 @@ flux_layers = double_single_layers(TokenLayout.TEXT_FIRST)  # single blocks: [te
 hunyuan_video_layers = double_single_layers(TokenLayout.IMAGE_FIRST)  # single blocks: [video, text]
 
 
+def auraflow_layers(model: nn.Module, specs: Sequence[str] | None) -> tuple[QueryLayer, ...]:
+    """AuraFlow: the joint (MMDiT) blocks' image-stream query norm, then the single blocks' query norm over
+    [8 register tokens, text, image], whose image tokens end it. Specs ``joint.N`` / ``single.N`` as on the
+    diffusers side; default: the middle block of both stacks together."""
+    inventory = BlockInventory(
+        {
+            "joint": tuple((f"double_layers.{i}", (f"double_layers.{i}",)) for i in range(len(model.double_layers))),
+            "single": tuple((f"single_layers.{i}", (f"single_layers.{i}",)) for i in range(len(model.single_layers))),
+        }
+    )
+    names = resolve_block_layers(specs if specs is not None else inventory.default_layers(), inventory)
+    return tuple(
+        QueryLayer(name, model.get_submodule(f"{name}.attn.q_norm2"))
+        if name.startswith("double_layers.")
+        else QueryLayer(name, model.get_submodule(f"{name}.attn.q_norm1"), TokenLayout.TEXT_FIRST)
+        for name in names
+    )
+
+
 def stack_inventory(model: nn.Module, path: str = "blocks", spec: str = "blocks") -> BlockInventory:
     """One stack of transformer blocks, each block one SEG layer."""
     return BlockInventory({spec: tuple((f"{path}.{i}", (f"{path}.{i}",)) for i in range(len(getattr(model, path))))})
@@ -211,10 +232,19 @@ FAMILIES = (
     ),
     ComfyFamily(
         name="Stable Diffusion 3/3.5",
-        diffusion_model_classes=("MMDiT",),
+        diffusion_model_classes=("comfy.ldm.modules.diffusionmodules.mmdit.MMDiT",),
         layers=sd3_layers,
         patch_size=lambda model: (int(model.patch_size),) * 2,
         prefix=block_prefix("joint_blocks"),
+    ),
+    ComfyFamily(
+        name="AuraFlow",
+        diffusion_model_classes=("comfy.ldm.aura.mmdit.MMDiT",),
+        layers=auraflow_layers,
+        patch_size=lambda model: (int(model.patch_size),) * 2,
+        # not text_first: the single blocks' text is preceded by 8 register tokens the context does not count,
+        # and nothing follows the image, so the image tokens are found as the last ones
+        prefix=block_prefix("double_layers", "single_layers"),
     ),
     ComfyFamily(
         name="Qwen-Image",
@@ -269,7 +299,9 @@ FAMILIES = (
 
 def comfy_family(diffusion_model: nn.Module, model_name: str) -> ComfyFamily:
     """The family of a ComfyUI diffusion model, or a clear error naming the model SEG does not serve here."""
-    names = {cls.__name__ for cls in type(diffusion_model).__mro__}
+    names = {
+        name for cls in type(diffusion_model).__mro__ for name in (cls.__name__, f"{cls.__module__}.{cls.__name__}")
+    }
     for family in FAMILIES:
         if names & set(family.diffusion_model_classes):
             return family

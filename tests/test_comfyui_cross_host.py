@@ -1,6 +1,7 @@
 """One model, two hosts, one SEG: the same tiny SDXL weights in diffusers (through the SEG pipeline) and in
 ComfyUI (weights converted with ComfyUI's own key map, SEG by the node's patch) give the same guided prediction
-for one denoiser call; the same holds for Flux (weights through ComfyUI's Flux key map, fused QKV included).
+for one denoiser call; the same holds for Flux (weights through ComfyUI's Flux key map, fused QKV included) and
+AuraFlow (through its AuraFlow key map, with batched CFG).
 SDXL runs in float64 in both hosts, so the tolerance can be tight; ComfyUI's RoPE kernels keep Flux in float32."""
 
 from __future__ import annotations
@@ -218,3 +219,85 @@ def test_flux_in_diffusers_and_comfyui_gives_the_same_seg_prediction(comfy, sigm
     effect = ((comfy_prediction - cond).abs().max() / scale).item()
     assert error < 1e-5, f"the two hosts differ by {error:.2e}"  # float32 here
     assert effect > 1e-2, f"SEG moved the prediction by only {effect:.2e}"
+
+
+def diffusers_twin_of_the_comfyui_auraflow():
+    """diffusers' AuraFlow transformer with the layout of comfyui_host.AURAFLOW."""
+    from diffusers import AuraFlowTransformer2DModel
+
+    from comfyui_host import AURAFLOW
+
+    heads = AURAFLOW["n_heads"]
+    return AuraFlowTransformer2DModel(
+        sample_size=32,
+        patch_size=AURAFLOW["patch_size"],
+        in_channels=AURAFLOW["in_channels"],
+        out_channels=AURAFLOW["out_channels"],
+        num_mmdit_layers=AURAFLOW["n_double_layers"],
+        num_single_dit_layers=AURAFLOW["n_layers"] - AURAFLOW["n_double_layers"],
+        attention_head_dim=AURAFLOW["dim"] // heads,
+        num_attention_heads=heads,
+        joint_attention_dim=AURAFLOW["cond_seq_dim"],
+        caption_projection_dim=AURAFLOW["dim"],
+        pos_embed_max_size=AURAFLOW["max_seq"],
+    ).eval()
+
+
+@pytest.mark.parametrize("sigma", [2.0, 10000.0])
+def test_auraflow_in_diffusers_and_comfyui_gives_the_same_seg_prediction(comfy, sigma):
+    """The same AuraFlow weights (through ComfyUI's AuraFlow key map) in both hosts: diffusers' batched CFG step
+    with SEG equals ComfyUI's uncond, cond and SEG-perturbed predictions combined the same way. An even token
+    grid: the two hosts centre their position table differently on odd ones."""
+    from comfy.utils import auraflow_to_diffusers
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from comfyui_host import AURAFLOW, tiny_auraflow
+    from smoothed_energy_guidance import AuraFlowSEGPipeline
+    from smoothed_energy_guidance.comfyui.patch import SegPatch
+    from smoothed_energy_guidance.core.guidance import SegConfig
+    from smoothed_energy_guidance.testing import _tiny_vae
+
+    model = tiny_auraflow(comfy, 6)
+    comfy_aura = model.model.diffusion_model
+    transformer = diffusers_twin_of_the_comfyui_auraflow()
+    names = list(transformer.state_dict())
+    transformer.load_state_dict(weights_from_comfyui(comfy_aura.state_dict(), auraflow_to_diffusers(AURAFLOW), names))
+    parts = dict(tokenizer=None, text_encoder=None, vae=_tiny_vae(), transformer=transformer)
+    pipe = AuraFlowSEGPipeline(**parts, scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(7)
+    text = {
+        name: torch.randn(1, 6, AURAFLOW["cond_seq_dim"], generator=generator)
+        for name in ("prompt_embeds", "negative_prompt_embeds")
+    }
+    masks = {
+        name: torch.ones(1, 6, dtype=torch.long) for name in ("prompt_attention_mask", "negative_prompt_attention_mask")
+    }
+    with recording(transformer, pipe) as seen:
+        pipe(
+            **text,
+            **masks,
+            height=16,  # the tiny VAE halves: latent 8 × 12, 4 × 6 image tokens
+            width=24,
+            num_inference_steps=1,
+            guidance_scale=4.0,
+            seg_scale=3.0,
+            seg_blur_sigma=sigma,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(8),
+        )
+    latent, timestep = seen["args"][0], seen["kwargs"]["timestep"]  # [uncond, cond] rows; diffusers' t / 1000
+    context = seen["kwargs"]["encoder_hidden_states"]
+    with torch.no_grad():
+        uncond, cond = comfy_aura(latent, timestep, context).chunk(2)
+        seg = SegPatch(SegConfig(scale=3.0, blur_sigma=sigma))
+        with seg.perturbing(model.model, latent.shape):
+            perturbed = comfy_aura(latent[1:], timestep[1:], context[1:])
+    comfy_prediction = uncond + 4.0 * (cond - uncond) + 3.0 * (cond - perturbed)
+    plain = uncond + 4.0 * (cond - uncond)
+    (diffusers_prediction,) = seen["predictions"]
+    scale = plain.abs().max()
+    error = ((diffusers_prediction - comfy_prediction).abs().max() / scale).item()
+    effect = ((comfy_prediction - plain).abs().max() / scale).item()
+    assert error < 1e-5, f"the two hosts differ by {error:.2e}"  # float32 here
+    assert effect > 1e-3, f"SEG moved the prediction by only {effect:.2e}"

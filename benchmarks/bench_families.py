@@ -2,7 +2,7 @@
 
 Each family's denoiser at a small but compute-bound size (hidden width 256, 8 blocks, a 32 × 32 token
 grid, random weights, fp32, CPU), driven as its pipeline drives it: batched CFG (one call of two rows)
-for PixArt-Σ, HunyuanDiT, Sana and SD3; CFG as a second call for Chroma, Qwen-Image, Flux Kontext (whose
+for PixArt-Σ, HunyuanDiT, Sana, SD3 and AuraFlow; CFG as a second call for Chroma, Qwen-Image, Flux Kontext (whose
 sequence also holds a 32 × 32 reference image) and Wan (video: 4 latent frames of 16 × 16 tokens). SEG
 runs on the family's default layer (its middle block). The FLOP-model limit is 1 + share / 2, where
 share is the part of one pass's FLOPs SEG runs again (torch flop counter): from the fork on where the rows
@@ -132,6 +132,33 @@ def sana():
             hidden_states=torch.randn(rows, 4, SIDE, SIDE),
             encoder_hidden_states=torch.randn(rows, TEXT, 128),
             timestep=torch.full((rows,), 500.0),
+        )
+
+    return model, inputs, True
+
+
+def auraflow():
+    from diffusers import AuraFlowTransformer2DModel
+
+    model = AuraFlowTransformer2DModel(  # 2 joint + 6 single blocks (the released model: 4 + 32)
+        sample_size=2 * SIDE,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_mmdit_layers=2,
+        num_single_dit_layers=BLOCKS - 2,
+        attention_head_dim=WIDTH // HEADS,
+        num_attention_heads=HEADS,
+        joint_attention_dim=128,
+        caption_projection_dim=WIDTH,
+        pos_embed_max_size=TOKENS,
+    )
+
+    def inputs(rows):
+        return dict(
+            hidden_states=torch.randn(rows, 4, 2 * SIDE, 2 * SIDE),
+            encoder_hidden_states=torch.randn(rows, TEXT, 128),
+            timestep=torch.full((rows,), 0.5),  # its pipeline passes t / 1000
         )
 
     return model, inputs, True
@@ -400,6 +427,7 @@ FAMILIES: dict[str, Callable] = {
     "HunyuanDiT": hunyuan,
     "Sana": sana,
     "SD3 (reference row)": sd3,
+    "AuraFlow": auraflow,
     "Chroma": chroma,
     "Qwen-Image": qwen_image,
     "Flux Kontext": flux_kontext,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -597,6 +598,7 @@ def main() -> None:
         "rows at the input |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    measured = []
     for label, build in FAMILIES.items():
         torch.manual_seed(0)
         model, inputs, batched = build()
@@ -607,13 +609,18 @@ def main() -> None:
             order.append(("input", step_runners(model, inputs, batched, share_prefix=False)[1]))
         for _, run in order:
             run()  # warm-up
-        times = {name: [] for name, _ in order}
-        for round_index in range(args.rounds):
+        measured.append((label, model, inputs, batched, order, {name: [] for name, _ in order}))
+    # every round visits every family in turn, so a slow spell of a shared machine spreads over all rows instead
+    # of landing on the one being timed
+    for round_index in range(args.rounds):
+        for *_, order, times in measured:
             shift = round_index % len(order)
             for name, run in order[shift:] + order[:shift]:
                 times[name].append(run())
+        print(f"round {round_index + 1} of {args.rounds} done", file=sys.stderr, flush=True)
+    for label, model, inputs, batched, _, times in measured:
         median = {name: statistics.median(values) for name, values in times.items()}
-        # each round times every step back to back: its own ratios cancel the slow drifts of a shared machine
+        # each round times a family's steps back to back: its own ratios cancel the slower drifts
         ratio = {
             name: median_interval([run / cfg_time for run, cfg_time in zip(values, times["cfg"], strict=True)])
             for name, values in times.items()
@@ -631,12 +638,13 @@ def main() -> None:
         print(lines[-1], flush=True)
     notes = [
         "",
-        "- Ratios: the median of the per-round ratios (each round times every step back to back, in an order "
-        "that rotates from round to round) with the distribution-free 95 % interval of that median (order "
-        "statistics); the step times are the medians over rounds.",
+        "- Ratios: the median of the per-round ratios (each round times a family's steps back to back, in an "
+        "order that rotates from round to round, and visits every family in turn) with the distribution-free "
+        "95 % interval of that median (order statistics); the step times are the medians over rounds.",
         "- CFG again: the CFG step timed a second time in the same rounds, the noise floor of this harness. "
-        "On this shared 2-core machine single rows move by up to about 0.4× between runs (Sana measured "
-        "1.43×, 1.90× and 1.55× in three runs); read each ratio against its CFG-again column.",
+        "On this shared 2-core machine rows timed family after family moved by up to 0.09 between two runs of "
+        "21 rounds (HunyuanDiT 1.260× and 1.351×), more than their intervals say: a slow spell landed on the "
+        "family being timed, hence rounds that visit every family in turn.",
         f"- {args.rounds} interleaved rounds after one warm-up per family; CPU: "
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}.",
         "- Kolors runs the SDXL UNet, whose rows are in RESULTS.md.",

@@ -409,48 +409,39 @@ def test_auraflow_matches_the_reference(cfg, layers, sigma):
     check(ours, host, names, call, sigma, cfg, 1, text_tokens=text, seg_layers=layers)
 
 
-def test_auraflow_forks_its_perturbed_rows_after_the_shared_prefix_inside_its_window():
-    """Under CFG the joint block before the default SEG block runs on the host's two rows only; the single
-    blocks from the SEG block on return a third row, the perturbed copy of the cond row forked there."""
+def test_auraflow_perturbed_call_replays_the_blocks_before_the_first_seg_block_inside_its_window():
+    """Under CFG the host's call runs every block on its two rows; SEG's perturbed call (one row) replays the
+    joint block before the default SEG block, so that block computes in the host's calls only, and the single
+    blocks from the SEG block on run again. Outside the window (AuraFlow hands its denoiser t / 1000) no
+    perturbed call is made."""
     parts = auraflow_parts()
     ours = make_pipe(seg.AuraFlowSEGPipeline, parts)
     model = parts["transformer"]
-    rows: dict[str, list[int]] = {}
-    watched = {
-        "joint.0": model.joint_transformer_blocks[0],
-        "single.0": model.single_transformer_blocks[0],
-        "single.1": model.single_transformer_blocks[1],
-    }
-    handles = [  # the rows each block returns (a joint block returns (text, image))
-        module.register_forward_hook(
-            lambda _, args, output, name=name: rows.setdefault(name, []).append(
-                (output[-1] if isinstance(output, tuple) else output).shape[0]
+
+    def computed_rows(steps: int, **window) -> dict[str, list[int]]:
+        rows: dict[str, list[int]] = {}
+        watched = {"joint.0": model.joint_transformer_blocks[0], "single.0": model.single_transformer_blocks[0]}
+        handles = [  # the query projection computes only where the block really runs
+            block.attn.to_q.register_forward_hook(
+                lambda _, args, output, name=name: rows.setdefault(name, []).append(output.shape[0])
             )
-        )
-        for name, module in watched.items()
-    ]
-    try:
-        ours(**AURAFLOW_CALL, guidance_scale=4.0, generator=torch.Generator().manual_seed(0), output_type="latent")
-    finally:
-        for handle in handles:
-            handle.remove()
-    steps = AURAFLOW_CALL["num_inference_steps"]
-    assert rows == {"joint.0": [2] * steps, "single.0": [3] * steps, "single.1": [3] * steps}
-    rows.clear()
-    handle = model.single_transformer_blocks[0].register_forward_hook(
-        lambda _, args, output: rows.setdefault("single.0", []).append(output.shape[0])
-    )
-    try:  # AuraFlow hands its denoiser t / 1000: the window still follows the loop's steps
-        ours(
-            **dict(AURAFLOW_CALL, num_inference_steps=4),
-            guidance_scale=4.0,
-            seg_guidance_end=0.5,
-            generator=torch.Generator().manual_seed(0),
-            output_type="latent",
-        )
-    finally:
-        handle.remove()
-    assert rows["single.0"] == [3, 3, 2, 2]
+            for name, block in watched.items()
+        ]
+        try:
+            ours(
+                **dict(AURAFLOW_CALL, num_inference_steps=steps),
+                guidance_scale=4.0,
+                generator=torch.Generator().manual_seed(0),
+                output_type="latent",
+                **window,
+            )
+        finally:
+            for handle in handles:
+                handle.remove()
+        return rows
+
+    assert computed_rows(3) == {"joint.0": [2, 2, 2], "single.0": [2, 1, 2, 1, 2, 1]}
+    assert computed_rows(4, seg_guidance_end=0.5) == {"joint.0": [2, 2, 2, 2], "single.0": [2, 1, 2, 1, 2, 2]}
 
 
 @pytest.mark.parametrize("cfg", [True, False], ids=["cfg", "no-cfg"])

@@ -273,6 +273,9 @@ AURAFLOW = Family(
     # the image tokens end the single blocks' queries (8 register tokens precede the text there)
     read_inputs=inputs.latent_inputs(),
     timestep_scale=1000.0,
+    # measured cheaper than the in-call fork, side by side in one process (1.28× a CFG step against 1.33×,
+    # limit 1.25×), as for Flux.1
+    perturbed_rows=REPLAYED_PREFIX,
     pipelines={
         "auraflow": {
             "text2img": task(

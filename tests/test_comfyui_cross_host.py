@@ -39,6 +39,31 @@ def recording(denoiser, pipe):
         pipe.scheduler.step = step
 
 
+def comfy_cfg_with_seg(model, run, latent_shape, sigma: float, guidance: float, seg_scale: float = 3.0):
+    """ComfyUI's side of a batched-CFG step: ``run(rows)`` calls its diffusion model on those rows of the
+    recorded [uncond, cond] inputs; the perturbed cond row runs under the node's patch. Returns the SEG + CFG
+    prediction combined as the SEG pipelines combine it, and CFG alone."""
+    from smoothed_energy_guidance.comfyui.patch import SegPatch
+    from smoothed_energy_guidance.core.guidance import SegConfig
+
+    with torch.no_grad():
+        uncond, cond = run(slice(None)).chunk(2)
+        with SegPatch(SegConfig(scale=seg_scale, blur_sigma=sigma)).perturbing(model, latent_shape):
+            perturbed = run(slice(1, None))
+    plain = uncond + guidance * (cond - uncond)
+    return plain + seg_scale * (cond - perturbed), plain
+
+
+def assert_hosts_agree(diffusers_prediction, comfy_prediction, plain, tolerance: float, min_effect: float) -> None:
+    """The two hosts' SEG predictions agree within ``tolerance`` (relative to the prediction without SEG), and
+    SEG moved it by more than ``min_effect``, or the agreement would prove nothing."""
+    scale = plain.abs().max()
+    error = ((diffusers_prediction - comfy_prediction).abs().max() / scale).item()
+    effect = ((comfy_prediction - plain).abs().max() / scale).item()
+    assert error < tolerance, f"the two hosts differ by {error:.2e}"
+    assert effect > min_effect, f"SEG moved the prediction by only {effect:.2e}"
+
+
 def diffusers_twin_of_the_comfyui_unet():
     """diffusers' UNet with exactly the layout of comfyui_host.SDXL_UNET (same heads, depths, norms, embeddings)."""
     from diffusers import UNet2DConditionModel
@@ -67,8 +92,6 @@ def test_diffusers_and_comfyui_give_the_same_seg_prediction(comfy, sigma):
     from comfy.utils import unet_to_diffusers
 
     from smoothed_energy_guidance import StableDiffusionXLSEGPipeline
-    from smoothed_energy_guidance.comfyui.patch import SegPatch
-    from smoothed_energy_guidance.core.guidance import SegConfig
     from smoothed_energy_guidance.testing import tiny_sdxl_components
 
     # the ComfyUI model with the tests' random weights (attention sharpened so blur matters); the diffusers twin
@@ -109,21 +132,18 @@ def test_diffusers_and_comfyui_give_the_same_seg_prediction(comfy, sigma):
     added = kwargs["added_cond_kwargs"]
     with torch.no_grad():
         time_embeds = unet.add_time_proj(added["time_ids"].flatten()).reshape(sample.shape[0], -1)
-        adm = torch.cat([added["text_embeds"], time_embeds], dim=-1)  # ComfyUI's SDXL `y`
-        timesteps = torch.as_tensor(timestep, dtype=torch.float64).expand(sample.shape[0])
-        context = kwargs["encoder_hidden_states"]
-        uncond, cond = comfy_unet(sample, timesteps, context=context, y=adm).chunk(2)
-        seg = SegPatch(SegConfig(scale=3.0, blur_sigma=sigma))
-        with seg.perturbing(patcher.model, sample.shape):
-            perturbed = comfy_unet(sample[1:], timesteps[1:], context=context[1:], y=adm[1:])
-    comfy_prediction = uncond + 5.0 * (cond - uncond) + 3.0 * (cond - perturbed)
-    plain_prediction = uncond + 5.0 * (cond - uncond)
+    adm = torch.cat([added["text_embeds"], time_embeds], dim=-1)  # ComfyUI's SDXL `y`
+    timesteps = torch.as_tensor(timestep, dtype=torch.float64).expand(sample.shape[0])
+    context = kwargs["encoder_hidden_states"]
+    comfy_prediction, plain_prediction = comfy_cfg_with_seg(
+        patcher.model,
+        lambda rows: comfy_unet(sample[rows], timesteps[rows], context=context[rows], y=adm[rows]),
+        sample.shape,
+        sigma,
+        guidance=5.0,
+    )
     (diffusers_prediction,) = seen["predictions"]
-    scale = plain_prediction.abs().max()
-    error = ((diffusers_prediction - comfy_prediction).abs().max() / scale).item()
-    effect = ((comfy_prediction - plain_prediction).abs().max() / scale).item()
-    assert error < 1e-9, f"the two hosts differ by {error:.2e}"
-    assert effect > 1e-3, f"SEG moved the prediction by only {effect:.2e}"
+    assert_hosts_agree(diffusers_prediction, comfy_prediction, plain_prediction, tolerance=1e-9, min_effect=1e-3)
 
 
 def diffusers_twin_of_a_comfyui_flux():
@@ -212,13 +232,13 @@ def test_flux_in_diffusers_and_comfyui_gives_the_same_seg_prediction(comfy, sigm
         with seg.perturbing(model.model, latent.shape):
             perturbed = comfy_flux(latent, **call)
     comfy_prediction = cond + 3.0 * (cond - perturbed)
-    comfy_packed = comfy_prediction.reshape(1, 16, 5, 2, 7, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, 35, 64)
+
+    def packed(prediction):  # as diffusers' Flux packs its latent: 2 × 2 patches of 16 channels per token
+        return prediction.reshape(1, 16, 5, 2, 7, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, 35, 64)
+
     (diffusers_prediction,) = seen["predictions"]
-    scale = cond.abs().max()
-    error = ((diffusers_prediction - comfy_packed).abs().max() / scale).item()
-    effect = ((comfy_prediction - cond).abs().max() / scale).item()
-    assert error < 1e-5, f"the two hosts differ by {error:.2e}"  # float32 here
-    assert effect > 1e-2, f"SEG moved the prediction by only {effect:.2e}"
+    # float32 here
+    assert_hosts_agree(diffusers_prediction, packed(comfy_prediction), packed(cond), tolerance=1e-5, min_effect=1e-2)
 
 
 def diffusers_twin_of_the_comfyui_auraflow():
@@ -253,8 +273,6 @@ def test_auraflow_in_diffusers_and_comfyui_gives_the_same_seg_prediction(comfy, 
 
     from comfyui_host import AURAFLOW, tiny_auraflow
     from smoothed_energy_guidance import AuraFlowSEGPipeline
-    from smoothed_energy_guidance.comfyui.patch import SegPatch
-    from smoothed_energy_guidance.core.guidance import SegConfig
     from smoothed_energy_guidance.testing import _tiny_vae
 
     model = tiny_auraflow(comfy, 6)
@@ -288,16 +306,12 @@ def test_auraflow_in_diffusers_and_comfyui_gives_the_same_seg_prediction(comfy, 
         )
     latent, timestep = seen["args"][0], seen["kwargs"]["timestep"]  # [uncond, cond] rows; diffusers' t / 1000
     context = seen["kwargs"]["encoder_hidden_states"]
-    with torch.no_grad():
-        uncond, cond = comfy_aura(latent, timestep, context).chunk(2)
-        seg = SegPatch(SegConfig(scale=3.0, blur_sigma=sigma))
-        with seg.perturbing(model.model, latent.shape):
-            perturbed = comfy_aura(latent[1:], timestep[1:], context[1:])
-    comfy_prediction = uncond + 4.0 * (cond - uncond) + 3.0 * (cond - perturbed)
-    plain = uncond + 4.0 * (cond - uncond)
+    comfy_prediction, plain = comfy_cfg_with_seg(
+        model.model,
+        lambda rows: comfy_aura(latent[rows], timestep[rows], context[rows]),
+        latent.shape,
+        sigma,
+        guidance=4.0,
+    )
     (diffusers_prediction,) = seen["predictions"]
-    scale = plain.abs().max()
-    error = ((diffusers_prediction - comfy_prediction).abs().max() / scale).item()
-    effect = ((comfy_prediction - plain).abs().max() / scale).item()
-    assert error < 1e-5, f"the two hosts differ by {error:.2e}"  # float32 here
-    assert effect > 1e-3, f"SEG moved the prediction by only {effect:.2e}"
+    assert_hosts_agree(diffusers_prediction, comfy_prediction, plain, tolerance=1e-5, min_effect=1e-3)  # float32

@@ -425,14 +425,34 @@ def test_qwen_image_node_blurs_only_the_generated_images_tokens(comfy, node, ref
 
 
 # PixArt and HunyuanDiT ------------------------------------------------------------------------------------------
-IMAGE = {  # builder, conditioning, latent, reference targets, token grid
+IMAGE = {  # builder, conditioning, latent, layer spec, reference targets, token grid
     # ComfyUI's PixArt needs even latent sides and about 32 latent pixels (its position table's base size)
-    "pixart": (tiny_pixart, text_conditioning, (1, 4, 32, 38), [("blocks.1.attn.q_norm", 0, 1)], (16, 19)),
+    "pixart": (tiny_pixart, text_conditioning, (1, 4, 32, 38), "", [("blocks.1.attn.q_norm", 0, 1)], (16, 19)),
     "hunyuandit": (
         tiny_hunyuan_dit,
         hunyuan_dit_conditioning,
         (1, 4, 10, 14),
+        "",
         [("blocks.2.attn1.q_norm", 0, 2)],
+        (5, 7),
+    ),
+    # ComfyUI's AuraFlow shares SD3's class name (MMDiT): it is told apart by its module and gets its own layers.
+    # The default is the first single block, whose queries are [8 registers, 16 text tokens, image]; a joint
+    # block's image stream has queries of its own.
+    "auraflow": (
+        tiny_auraflow,
+        text_conditioning,
+        (1, 4, 10, 14),
+        "",
+        [("single_layers.0.attn.q_norm1", 8 + 16, 1)],
+        (5, 7),
+    ),
+    "auraflow-joint": (
+        tiny_auraflow,
+        text_conditioning,
+        (1, 4, 10, 14),
+        "joint.0",
+        [("double_layers.0.attn.q_norm2", 0, 1)],
         (5, 7),
     ),
 }
@@ -441,34 +461,13 @@ IMAGE = {  # builder, conditioning, latent, reference targets, token grid
 @pytest.mark.parametrize("cfg", [4.0, 1.0])
 @pytest.mark.parametrize("family", list(IMAGE))
 def test_image_dit_node_matches_the_reference(comfy, node, family, cfg):
-    build, conditioning, shape, targets, grid = IMAGE[family]
+    build, conditioning, shape, layers, targets, grid = IMAGE[family]
     model = build(comfy)
     latent = torch.zeros(shape)
     positive, negative = conditioning(12)
     plain = sample(comfy, model, positive, negative, latent, cfg)
-    ours = sample(comfy, apply_node(node, model, blur_sigma=2.0), positive, negative, latent, cfg)
-    reference = reference_hooked_model(comfy, model, 3.0, targets, grid, 2.0)
-    assert_matches(ours, sample(comfy, reference, positive, negative, latent, cfg), plain)
-
-
-# AuraFlow -----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("layers", "target"),
-    [
-        ("", ("single_layers.0.attn.q_norm1", 8 + 16, 1)),  # [8 registers, 16 text tokens, image]
-        ("joint.0", ("double_layers.0.attn.q_norm2", 0, 1)),  # the image stream's own queries
-    ],
-    ids=["default-single", "joint"],
-)
-@pytest.mark.parametrize("cfg", [4.0, 1.0])
-def test_auraflow_node_matches_the_reference(comfy, node, layers, target, cfg):
-    """ComfyUI's AuraFlow shares SD3's class name (MMDiT): it is told apart by its module and gets its own layers."""
-    model = tiny_auraflow(comfy)
-    latent = torch.zeros(1, 4, 10, 14)  # 5 × 7 image tokens
-    positive, negative = text_conditioning(5)
-    plain = sample(comfy, model, positive, negative, latent, cfg)
     ours = sample(comfy, apply_node(node, model, blur_sigma=2.0, layers=layers), positive, negative, latent, cfg)
-    reference = reference_hooked_model(comfy, model, 3.0, [target], (5, 7), 2.0)
+    reference = reference_hooked_model(comfy, model, 3.0, targets, grid, 2.0)
     assert_matches(ours, sample(comfy, reference, positive, negative, latent, cfg), plain)
 
 

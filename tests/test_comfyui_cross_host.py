@@ -39,6 +39,20 @@ def recording(denoiser, pipe):
         pipe.scheduler.step = step
 
 
+def one_seg_step(pipe, denoiser, sigma: float, seed: int, **call) -> dict:
+    """One denoising step of a SEG pipeline at scale 3 (latent output), recorded as ``recording`` records it."""
+    with recording(denoiser, pipe) as seen:
+        pipe(
+            **call,
+            num_inference_steps=1,
+            seg_scale=3.0,
+            seg_blur_sigma=sigma,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(seed),
+        )
+    return seen
+
+
 def comfy_cfg_with_seg(model, run, latent_shape, sigma: float, guidance: float, seg_scale: float = 3.0):
     """ComfyUI's side of a batched-CFG step: ``run(rows)`` calls its diffusion model on those rows of the
     recorded [uncond, cond] inputs; the perturbed cond row runs under the node's patch. Returns the SEG + CFG
@@ -115,18 +129,8 @@ def test_diffusers_and_comfyui_give_the_same_seg_prediction(comfy, sigma):
         "pooled_prompt_embeds": torch.randn(1, 32, generator=generator, dtype=torch.float64),
         "negative_pooled_prompt_embeds": torch.randn(1, 32, generator=generator, dtype=torch.float64),
     }
-    with recording(unet, pipe) as seen:
-        pipe(
-            **text,
-            height=104,
-            width=168,  # latent 13 × 21: the mid level's grid is 7 × 11
-            num_inference_steps=1,
-            guidance_scale=5.0,
-            seg_scale=3.0,
-            seg_blur_sigma=sigma,
-            output_type="latent",
-            generator=torch.Generator().manual_seed(5),
-        )
+    # latent 13 × 21: the mid level's grid is 7 × 11
+    seen = one_seg_step(pipe, unet, sigma, 5, **text, height=104, width=168, guidance_scale=5.0)
     args, kwargs = seen["args"], seen["kwargs"]
     sample, timestep = args[0], args[1]
     added = kwargs["added_cond_kwargs"]
@@ -204,19 +208,17 @@ def test_flux_in_diffusers_and_comfyui_gives_the_same_seg_prediction(comfy, sigm
     text = torch.randn(1, 7, 32, generator=generator, dtype=torch.float32)
     pooled = torch.randn(1, 32, generator=generator, dtype=torch.float32)
     height, width = 20, 28  # the tiny VAE halves: latent 10 × 14, 5 × 7 image tokens
-    with recording(transformer, pipe) as seen:
-        pipe(
-            prompt_embeds=text,
-            pooled_prompt_embeds=pooled,
-            height=height,
-            width=width,
-            num_inference_steps=1,
-            guidance_scale=3.5,
-            seg_scale=3.0,
-            seg_blur_sigma=sigma,
-            output_type="latent",
-            generator=torch.Generator().manual_seed(8),
-        )
+    seen = one_seg_step(
+        pipe,
+        transformer,
+        sigma,
+        8,
+        prompt_embeds=text,
+        pooled_prompt_embeds=pooled,
+        height=height,
+        width=width,
+        guidance_scale=3.5,
+    )
     inputs = seen["kwargs"]
     packed = inputs["hidden_states"]  # (1, 35, 64)
     latent = packed.reshape(1, 5, 7, 16, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(1, 16, 10, 14)
@@ -291,19 +293,8 @@ def test_auraflow_in_diffusers_and_comfyui_gives_the_same_seg_prediction(comfy, 
     masks = {
         name: torch.ones(1, 6, dtype=torch.long) for name in ("prompt_attention_mask", "negative_prompt_attention_mask")
     }
-    with recording(transformer, pipe) as seen:
-        pipe(
-            **text,
-            **masks,
-            height=16,  # the tiny VAE halves: latent 8 × 12, 4 × 6 image tokens
-            width=24,
-            num_inference_steps=1,
-            guidance_scale=4.0,
-            seg_scale=3.0,
-            seg_blur_sigma=sigma,
-            output_type="latent",
-            generator=torch.Generator().manual_seed(8),
-        )
+    # the tiny VAE halves: latent 8 × 12, 4 × 6 image tokens
+    seen = one_seg_step(pipe, transformer, sigma, 8, **text, **masks, height=16, width=24, guidance_scale=4.0)
     latent, timestep = seen["args"][0], seen["kwargs"]["timestep"]  # [uncond, cond] rows; diffusers' t / 1000
     context = seen["kwargs"]["encoder_hidden_states"]
     comfy_prediction, plain = comfy_cfg_with_seg(

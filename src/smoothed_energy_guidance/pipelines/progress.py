@@ -30,8 +30,9 @@ def _first_timestep(timestep: Any) -> float:
 class LoopProgress:
     """``progress(timestep)`` = (index of the current step in the host's loop) / (steps in that loop)."""
 
-    def __init__(self, pipe: Any) -> None:
+    def __init__(self, pipe: Any, timestep_scale: float = 1.0) -> None:
         self.pipe = pipe
+        self.timestep_scale = timestep_scale  # the pipeline hands its denoiser ``timestep / timestep_scale``
         self._first_seen = threading.local()  # (schedule tensor, its first position) per thread
 
     def loop_length(self) -> int:
@@ -54,7 +55,7 @@ class LoopProgress:
     def _position_in_schedule(self, schedule: torch.Tensor, timestep: Any) -> int:
         if timestep is None or len(schedule) == 0:
             return 0
-        position = int((schedule.float() - _first_timestep(timestep)).abs().argmin())
+        position = int((schedule.float() - _first_timestep(timestep) * self.timestep_scale).abs().argmin())
         seen = getattr(self._first_seen, "value", None)
         if seen is None or seen[0] is not schedule or position < seen[1]:
             seen = (schedule, position)  # a new schedule: set_timesteps made a new tensor

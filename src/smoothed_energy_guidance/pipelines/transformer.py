@@ -186,7 +186,7 @@ def transformer_host_reader(pipe: Any, family: Family, true_cfg_scale: float, co
 
     if not family.separate_cfg:
         return host_reader(pipe, family.timestep_scale)
-    loop_progress = LoopProgress(pipe)
+    loop_progress = LoopProgress(pipe, family.timestep_scale)
     last_timestep = threading.local()
 
     def is_uncond_call(timestep: Any) -> bool:
@@ -203,13 +203,17 @@ def transformer_host_reader(pipe: Any, family: Family, true_cfg_scale: float, co
         return repeated
 
     def read(timestep: Any, call: SegCall) -> HostStep:
-        def progress() -> float:
-            return loop_progress(timestep * family.timestep_scale if timestep is not None else None)
-
         # SEG joins the cond call only, with s/g, so that
         # neg + g·(pos' − neg) = neg + g·(pos − neg) + s·(pos − perturbed)
         uncond = is_uncond_call(timestep)
-        return HostStep(False, 1.0, 0.0, progress, seg_allowed=not uncond, seg_scale_factor=1.0 / true_cfg_scale)
+        return HostStep(
+            False,
+            1.0,
+            0.0,
+            lambda: loop_progress(timestep),
+            seg_allowed=not uncond,
+            seg_scale_factor=1.0 / true_cfg_scale,
+        )
 
     return read
 

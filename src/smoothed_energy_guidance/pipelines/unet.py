@@ -132,7 +132,7 @@ def host_reader(pipe: Any, timestep_scale: float = 1.0):
     or (PixArt, AuraFlow, which have none) the call's own ``guidance_scale`` argument, CFG on above 1 as there.
     ``timestep_scale``: the pipeline hands its denoiser ``timestep / timestep_scale`` (AuraFlow: 1000)."""
 
-    progress = LoopProgress(pipe)
+    progress = LoopProgress(pipe, timestep_scale)
 
     def read(timestep: Any, call: SegCall) -> HostStep:
         if hasattr(type(pipe), "do_classifier_free_guidance"):
@@ -149,7 +149,7 @@ def host_reader(pipe: Any, timestep_scale: float = 1.0):
             cfg=bool(cfg),
             guidance_scale=float(guidance_scale),
             guidance_rescale=float(getattr(pipe, "guidance_rescale", 0.0) or 0.0),
-            progress=lambda: progress(timestep * timestep_scale if timestep is not None else None),
+            progress=lambda: progress(timestep),
         )
 
     return read

@@ -8,7 +8,8 @@ runs on the family's default layer (its middle block). The FLOP-model limit is 1
 share is the part of one pass's FLOPs SEG runs again (torch flop counter): from the fork on where the rows
 fork inside the call; everything but the blocks before the first SEG block where the perturbed prediction
 is a call of its own with that prefix replayed (PixArt, Sana and the video families, whose code after the
-blocks uses pre-block tensors with the host's rows only); the whole pass where rows join at the input.
+blocks uses pre-block tensors with the host's rows only; Flux and AuraFlow, where it measured cheaper than the
+fork); the whole pass where rows join at the input.
 
     python benchmarks/bench_families.py --rounds 21 --write
 """
@@ -482,8 +483,9 @@ def step_runners(model, inputs, batched: bool, share_prefix: bool = True):
     return cfg, seg_cfg
 
 
-def _ratio(interval) -> str:
-    return f"{interval.mean:.3f}× ({interval.low:.3f}–{interval.high:.3f})"
+def _ratio(interval, bold: bool = False) -> str:
+    mark = "**" if bold else ""
+    return f"{mark}{interval.mean:.3f}×{mark} ({interval.low:.3f}–{interval.high:.3f})"
 
 
 def _bytes(value) -> int:
@@ -632,7 +634,7 @@ def main() -> None:
         rows = ROWS[transformer_family(model).perturbed_rows.name]
         lines.append(
             f"| {label} | {how} | {rows} | `{layer}` | {median['cfg']:.3f} | {median['seg']:.3f} | "
-            f"**{ratio['seg'].mean:.3f}×** ({ratio['seg'].low:.3f}–{ratio['seg'].high:.3f}) | {limit:.3f}× | "
+            f"{_ratio(ratio['seg'], bold=True)} | {limit:.3f}× | "
             f"{ratio['seg'].mean - limit:+.3f} | {_ratio(ratio['again'])} | {kept} | {at_input} |"
         )
         print(lines[-1], flush=True)

@@ -350,7 +350,6 @@ def test_sana_linear_attention_matches_the_reference(qk_norm, cfg):
     check(ours, host, ["transformer_blocks.1.attn1"], call, 1.0, cfg, 1, grid=(16, 24))
 
 
-# SD3 ControlNet ----------------------------------------------------------------------------------------
 # AuraFlow ---------------------------------------------------------------------------------------------
 def auraflow_parts():
     from diffusers import AuraFlowTransformer2DModel, FlowMatchEulerDiscreteScheduler
@@ -444,6 +443,7 @@ def test_auraflow_perturbed_call_replays_the_blocks_before_the_first_seg_block_i
     assert computed_rows(4, seg_guidance_end=0.5) == {"joint.0": [2, 2, 2, 2], "single.0": [2, 1, 2, 1, 2, 2]}
 
 
+# SD3 ControlNet ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cfg", [True, False], ids=["cfg", "no-cfg"])
 def test_sd3_controlnet_matches_the_reference(cfg):
     """ControlNet residuals join between blocks from the first on: the perturbed rows join at the input."""
